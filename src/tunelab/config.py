@@ -1,0 +1,63 @@
+"""Where the configs live, and the OmegaConf resolvers they use."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+_RUN_DIRS: dict[str, str] = {}
+
+
+def config_dir() -> Path:
+    """The ``conf/`` folder: ``TUNELAB_CONFIG_DIR``, or the one beside the source tree."""
+    env = os.environ.get("TUNELAB_CONFIG_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "conf")
+    for c in candidates:
+        if (c / "train.yaml").is_file():
+            return c
+    raise FileNotFoundError(
+        f"tunelab's conf/ folder not found (looked in {[str(c) for c in candidates]}); "
+        "install tunelab from its checkout with `pip install -e .` or set TUNELAB_CONFIG_DIR"
+    )
+
+
+def new_run_dir(base: str) -> str:
+    """Reserve a fresh directory ``base/<timestamp>[_N]`` and return its path.
+
+    ``os.mkdir`` is atomic, so two runs started in the same second get different directories and
+    an existing run directory is never reused. Memoized per process, because Hydra may resolve
+    ``hydra.run.dir`` more than once.
+    """
+    if base in _RUN_DIRS:
+        return _RUN_DIRS[base]
+    Path(base).mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    for n in range(1000):
+        path = Path(base) / (stamp if n == 0 else f"{stamp}_{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        _RUN_DIRS[base] = str(path)
+        return str(path)
+    raise RuntimeError(f"could not create a new run directory under {base}")
+
+
+def _if_cuda(when_cuda: object, otherwise: object) -> object:
+    import torch
+
+    return when_cuda if torch.cuda.is_available() else otherwise
+
+
+def register_resolvers() -> None:
+    """Register tunelab's resolvers (idempotent)."""
+    for name, fn in (("tunelab.new_run_dir", new_run_dir), ("tunelab.if_cuda", _if_cuda)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()

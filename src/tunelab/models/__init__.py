@@ -1,0 +1,1 @@
+"""Networks (plain ``nn.Module``) and the LightningModules that train them."""

@@ -1,0 +1,115 @@
+"""The LightningModule logic shared by the image and text classifiers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import Optimizer
+
+from tunelab.models.metrics import build_metrics, scores_for_metrics
+
+OptimizerFactory = Callable[..., Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class ClassifierModule(L.LightningModule):
+    """Trains a network that maps a batch's inputs to class logits with cross-entropy.
+
+    Subclasses say how a batch splits into network inputs and labels (``split_batch``).
+
+    Args:
+        net: the network; returns logits ``(batch, num_classes)``.
+        num_classes: number of classes (from the data config).
+        optimizer: optimizer factory taking ``params`` (a ``_partial_`` config).
+        scheduler: optional factory ``(optimizer, num_training_steps)`` (a ``_partial_`` config),
+            stepped every optimizer step.
+        compile: compile ``net`` in place with ``torch.compile`` (state-dict keys unchanged).
+        compile_mode: ``torch.compile`` mode (``default``, ``reduce-overhead``, ``max-autotune``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        compile: bool = False,
+        compile_mode: str = "default",
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.compile_net = compile
+        self.compile_mode = compile_mode
+        self.train_metrics = build_metrics(num_classes, "train/")
+        self.val_metrics = build_metrics(num_classes, "val/")
+        self.test_metrics = build_metrics(num_classes, "test/")
+
+    # subclasses -------------------------------------------------------------------------------
+    def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor | None]:
+        """Return ``(inputs, labels)``; labels may be ``None`` when predicting."""
+        raise NotImplementedError
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self.net(inputs)
+
+    # steps ------------------------------------------------------------------------------------
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        inputs, labels = self.split_batch(batch)
+        logits = self(inputs)
+        loss = F.cross_entropy(logits.float(), labels)
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(scores_for_metrics(logits), labels)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        inputs, _ = self.split_batch(batch)
+        return self(inputs).float().softmax(dim=-1)
+
+    # setup ------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.compile_net and not getattr(self, "_compiled", False):
+            # In place: the module keeps its own state-dict keys (no `_orig_mod.` prefix), so
+            # compiled and eager checkpoints are interchangeable.
+            self.net.compile(mode=self.compile_mode)
+            self._compiled = True
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on matrices and conv kernels only, not on biases and norm weights."""
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

@@ -1,0 +1,129 @@
+"""Training entry point: ``tunelab-train [experiment=NAME] [key=value ...]``.
+
+``train(cfg)`` does the work and is what tests and sweeps call; ``main`` is the thin Hydra
+wrapper behind the console script.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tunelab.checkpoint import ConfigInCheckpoint
+from tunelab.config import config_dir
+from tunelab.utils.io import atomic_write_json
+from tunelab.utils.run_record import RunRecord
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``{name: {_target_: ...}}`` group (callbacks, loggers)."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def _overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # called outside a Hydra app (e.g. a notebook's compose)
+        return []
+
+
+def _final_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in results:
+        out.update({k: float(v) for k, v in r.items() if "/" in k and not k.endswith("_step")})
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, then validate and test the best checkpoint; return the final metrics.
+
+    The run directory ``cfg.paths.output_dir`` receives ``checkpoints/``, ``metrics.json`` and
+    ``run_info.json``.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(
+        out_dir, OmegaConf.to_container(cfg, resolve=True), _overrides(), int(cfg.seed)
+    )
+    try:
+        metrics = _train(cfg, out_dir, record)
+    except BaseException as err:
+        record.finish("failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
+                      error=f"{type(err).__name__}: {err}")
+        raise
+    record.finish("completed", metrics=metrics)
+    return metrics
+
+
+def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.accelerator.matmul_precision)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="partial")
+    model: L.LightningModule = instantiate(cfg.model, _convert_="partial")
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    callbacks.append(ConfigInCheckpoint(cfg.model, cfg.data))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    record.update(data_fingerprint=getattr(datamodule, "fingerprint", None))
+
+    metrics = _final_metrics([dict(trainer.callback_metrics)])
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt = best or None
+        if ckpt is None:
+            log.warning("no best checkpoint (fast_dev_run or no checkpoint callback): "
+                        "validating and testing the current weights")
+        val = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        metrics = _final_metrics(val + test)
+        if best:
+            metrics_ckpt = {"best_ckpt": str(Path(best).relative_to(out_dir))}
+        else:
+            metrics_ckpt = {}
+        if trainer.is_global_zero:
+            atomic_write_json(out_dir / "metrics.json", {**metrics, **metrics_ckpt})
+            if hasattr(model, "export_pretrained"):
+                model.export_pretrained(out_dir / "hf_model", datamodule)
+    if trainer.is_global_zero:
+        _print_metrics(metrics, out_dir)
+    return metrics
+
+
+def _print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"final metrics — {out_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in sorted(metrics):
+        table.add_row(k, f"{metrics[k]:.4f}")
+    Console().print(table)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric") or "", None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""``run_info.json``: what a run needs to be understood and re-run."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tunelab.utils.io import atomic_write_json, atomic_write_text
+
+PACKAGES = (
+    "tunelab",
+    "torch",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "transformers",
+    "torchmetrics",
+    "datasets",
+    "tokenizers",
+    "numpy",
+)
+
+
+def _git(*args: str, cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def code_version(source_dir: Path) -> dict[str, Any]:
+    """Git commit and dirtiness of the checkout holding ``source_dir``, if it is one."""
+    commit = _git("rev-parse", "HEAD", cwd=source_dir)
+    if commit is None:
+        return {"git": None, "note": f"{source_dir} is not in a git checkout"}
+    status = _git("status", "--porcelain", "--untracked-files=no", cwd=source_dir) or ""
+    return {"git": commit.strip(), "dirty": bool(status.strip())}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "cuda_devices": torch.cuda.device_count(),
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+class RunRecord:
+    """Writes and updates ``run_info.json`` in a run directory (atomically, every time)."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], overrides: list[str], seed: int):
+        self.path = Path(run_dir) / "run_info.json"
+        source_dir = Path(__file__).resolve().parent
+        code = code_version(source_dir)
+        if code.get("dirty"):
+            diff = _git("diff", "HEAD", cwd=source_dir)
+            if diff:
+                atomic_write_text(Path(run_dir) / "code.diff", diff)
+                code["diff_file"] = "code.diff"
+        self.data: dict[str, Any] = {
+            "status": "running",
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "overrides": overrides,
+            "seed": seed,
+            "config": config,
+            "code": code,
+            "python": sys.version.split()[0],
+            "packages": package_versions(),
+            "hardware": hardware(),
+            "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.write()
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.write()
+
+    def finish(self, status: str, **fields: Any) -> None:
+        self.update(status=status, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields)
+
+    def write(self) -> None:
+        atomic_write_json(self.path, self.data)

@@ -1,0 +1,265 @@
+"""The image classification data module: sources, split, uint8 tensors, on-device preprocessing."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tunelab.data import images as readers
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("fashion_mnist", "folder", "npz", "hub")
+
+
+class TensorBatchDataset(Dataset):
+    """Images and labels held as tensors; ``__getitems__`` gathers a whole batch in one index.
+
+    The DataLoader calls ``__getitems__`` with the sampler's indices for a batch, so a batch costs
+    one tensor gather instead of ``batch_size`` Python calls plus a collate.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[idx], self.labels[idx]
+
+
+def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Image classification data: read once into uint8 tensors, normalized on the device.
+
+    Args:
+        source: ``fashion_mnist`` (idx files, the embedded default), ``folder`` (one subfolder
+            per class, optionally under ``train/`` and ``test/``), ``npz`` or ``hub``.
+        path: folder or file for the source; for ``fashion_mnist`` the idx folder.
+        num_classes: number of classes; checked against the data.
+        label_names: class names, index = label.
+        image_size: images are resized (folder, hub) or checked (idx, npz) to this size.
+        in_channels: 1 (grayscale) or 3 (RGB).
+        mean: per-channel mean of the [0, 1] pixel values, for normalization.
+        std: per-channel standard deviation, for normalization.
+        val_size: validation examples taken from the training split (int, or a fraction).
+        split_seed: seed of the train/validation split; fixed so that runs share one split.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation, test and predict (default: ``batch_size``).
+        num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
+        pin_memory: pin host memory for faster copies to a GPU.
+        augment: random horizontal flip and 4-pixel padded random crop on training batches.
+        max_train_samples: cap on training examples, for quick runs.
+        max_eval_samples: cap on validation and test examples, for quick runs.
+        hub_name: dataset name on the Hugging Face hub for ``source=hub``.
+        image_column: image column of the hub dataset.
+        label_column: label column of the hub dataset.
+        cache_dir: cache folder of the hub download.
+    """
+
+    def __init__(
+        self,
+        source: str = "fashion_mnist",
+        path: str | None = None,
+        num_classes: int = 10,
+        label_names: Sequence[str] | None = None,
+        image_size: int = 28,
+        in_channels: int = 1,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        val_size: int | float = 5000,
+        split_seed: int = 1234,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: bool = False,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        hub_name: str | None = None,
+        image_column: str = "img",
+        label_column: str = "label",
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"data.source={source!r} is not one of {SOURCES}")
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(
+                f"data.mean and data.std need {in_channels} values (data.in_channels), "
+                f"got {len(mean)} and {len(std)}"
+            )
+        self.source = source
+        self.path = path
+        self.num_classes = num_classes
+        self.label_names = list(label_names) if label_names else None
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.augment = augment
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self.hub_name = hub_name
+        self.image_column = image_column
+        self.label_column = label_column
+        self.cache_dir = cache_dir
+        self.splits: dict[str, TensorBatchDataset] = {}
+        self.fingerprint: str | None = None
+
+    # ---- reading ---------------------------------------------------------------------------
+    def _read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if self.source == "fashion_mnist":
+            return readers.read_fashion_mnist(Path(self.path or "/usr/share/datasets/fashion-mnist"))
+        if self.path is None and self.source in ("folder", "npz"):
+            raise ValueError(f"data.source={self.source} needs data.path (a folder or .npz file)")
+        if self.source == "folder":
+            splits, names = readers.read_image_folder(
+                Path(self.path), self.image_size, self.in_channels, self.label_names
+            )
+            self.label_names = names
+            return splits
+        if self.source == "npz":
+            return readers.read_npz(Path(self.path))
+        if not self.hub_name:
+            raise ValueError("data.source=hub needs data.hub_name (e.g. cifar10)")
+        splits, names = readers.read_hub_images(
+            self.hub_name,
+            self.image_column,
+            self.label_column,
+            self.image_size,
+            self.in_channels,
+            self.cache_dir,
+        )
+        self.label_names = names or self.label_names
+        return splits
+
+    def _check(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"{self.source} {split} images are {tuple(x.shape[1:])} (C, H, W) but the config "
+                f"says {expected}; set data.in_channels / data.image_size to match"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(
+                f"{self.source} {split} labels span [{y.min()}, {y.max()}] but data.num_classes="
+                f"{self.num_classes}; labels must lie in [0, num_classes)"
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = self._read()
+        for split, (x, y) in raw.items():
+            self._check(split, x, y)
+        if self.label_names and len(self.label_names) != self.num_classes:
+            raise ValueError(
+                f"the data has {len(self.label_names)} classes {self.label_names} but "
+                f"data.num_classes={self.num_classes}"
+            )
+        x, y = raw["train"]
+        if "val" in raw:
+            val = raw["val"]
+            train = (x, y)
+        else:
+            n_val = int(self.val_size * len(y)) if isinstance(self.val_size, float) else self.val_size
+            if not 0 < n_val < len(y):
+                raise ValueError(f"data.val_size={self.val_size} leaves no data for train or val ({len(y)} examples)")
+            perm = np.random.default_rng(self.split_seed).permutation(len(y))
+            val = (x[perm[:n_val]], y[perm[:n_val]])
+            train = (x[perm[n_val:]], y[perm[n_val:]])
+        test = raw.get("test", val)
+        parts = {
+            "train": _cap(train, self.max_train_samples),
+            "val": _cap(val, self.max_eval_samples),
+            "test": _cap(test, self.max_eval_samples),
+        }
+        h = hashlib.sha256()
+        for name, (xs, ys) in parts.items():
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(xs).tobytes())
+            h.update(np.ascontiguousarray(ys).tobytes())
+        self.fingerprint = h.hexdigest()[:16]
+        self.splits = {
+            name: TensorBatchDataset(torch.from_numpy(np.ascontiguousarray(xs)), torch.from_numpy(ys))
+            for name, (xs, ys) in parts.items()
+        }
+        log.info(
+            "image data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()}
+        )
+
+    # ---- loaders ---------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=_keep_batch,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # ---- preprocessing on the device -------------------------------------------------------
+    def preprocess(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """uint8 (N, C, H, W) → normalized float, with augmentation when ``train``."""
+        x = images.float().div_(255.0)
+        if train and self.augment:
+            x = _random_flip_crop(x)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(x, train=training), y
+
+
+def _cap(pair: tuple[np.ndarray, np.ndarray], n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    return pair if n is None else (pair[0][:n], pair[1][:n])
+
+
+def _random_flip_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random horizontal flip and padded random crop, batched, on whatever device ``x`` is."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, device=x.device) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    rows = (dy.view(-1, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx.view(-1, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[batch, chans, rows, cols]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from datasets import ClassLabel, Dataset, Features, Value
 
 from tunelab.data import text_sources
 from tunelab.data.text_sources import (
@@ -283,3 +284,16 @@ def test_vader_bad_line_names_file_and_line(tmp_path: Path) -> None:
     (folder / "tweets_GroundTruth.txt").write_bytes(b"1\t1.5\tok\r\n2\tnot-a-score\tx\r\n")
     with pytest.raises(ValueError, match=r"tweets_GroundTruth.txt, line 2"):
         load_vader_domain("tweets", tmp_path)
+
+
+def test_read_table_classlabel_names(tmp_path: Path) -> None:
+    # Parquet written by `datasets` keeps a ClassLabel feature, as Hub datasets have.
+    features = Features({"sentence": Value("string"), "y": ClassLabel(names=["neg", "pos"])})
+    Dataset.from_dict({"sentence": ["a", "b"], "y": [1, 0]}, features=features).to_parquet(
+        tmp_path / "train.parquet"
+    )
+    cache = str(tmp_path / "cache")
+    splits, names = read_table_files(tmp_path, "sentence", "y", cache_dir=cache)
+    assert names == ["neg", "pos"] and splits["train"]["label"] == [1, 0]
+    splits, names = read_table_files(tmp_path, "sentence", "y", ["pos", "neg"], cache)
+    assert names == ["pos", "neg"] and splits["train"]["label"] == [0, 1]  # matched by name

@@ -111,12 +111,14 @@ def _print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"final metrics — {out_dir}")
+    table = Table(title="final metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k in sorted(metrics):
         table.add_row(k, f"{metrics[k]:.4f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: {out_dir}", soft_wrap=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

@@ -21,17 +21,23 @@
 #   TUNELAB_SLURM_DIR        state dir            (default /tmp/tunelab-slurm)
 #   TUNELAB_SLURM_CTLD_PORT  slurmctld port       (default 6817)
 #   TUNELAB_SLURM_SLURMD_PORT slurmd port         (default 6818)
+#   TUNELAB_SLURM_PROCTRACK  ProctrackType (default proctrack/pgid)
 #   TUNELAB_SLURM_TIMEOUT    seconds to wait for the node to become idle (default 60)
+#   TUNELAB_SLURM_CRED_EXPIRE credential lifetime = delay before a requeued job may start
+#                            again (default 10; slurm's own default is 120)
 #
 # The cluster is self-contained: its own munge key and socket, spool/state/log dirs and
 # PID files all live in the state dir, so it neither needs nor disturbs a system munged.
-# No cgroups are used (ProctrackType=proctrack/linuxproc, TaskPlugin=task/none).
+# No cgroups are used (ProctrackType=proctrack/pgid, TaskPlugin=task/none).
 set -euo pipefail
 
 STATE_DIR="${TUNELAB_SLURM_DIR:-/tmp/tunelab-slurm}"
 CTLD_PORT="${TUNELAB_SLURM_CTLD_PORT:-6817}"
 SLURMD_PORT="${TUNELAB_SLURM_SLURMD_PORT:-6818}"
 TIMEOUT="${TUNELAB_SLURM_TIMEOUT:-60}"
+# Seconds a requeued job waits before it may start again (slurm default: 120).
+CRED_EXPIRE="${TUNELAB_SLURM_CRED_EXPIRE:-10}"
+PROCTRACK="${TUNELAB_SLURM_PROCTRACK:-proctrack/pgid}"
 
 CONF="$STATE_DIR/slurm.conf"
 RUN_DIR="$STATE_DIR/run"
@@ -144,14 +150,21 @@ SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire also sets how long a requeued job waits (BeginTime) before it runs again.
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=$CRED_EXPIRE
+MailProg=/bin/true
 MpiDefault=none
-ProctrackType=proctrack/linuxproc
+# No cgroups: proctrack/cgroup fails here ("cgroup namespace 'freezer' not mounted").
+# proctrack/pgid kills what a batch script leaves running in the background when the job
+# ends (like cgroups would); proctrack/linuxproc loses such orphans once their parent exits.
+ProctrackType=$PROCTRACK
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+# Run the schedulers often so that requeued jobs start soon after their BeginTime.
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 # CR_CPU (not CR_Core): a 1-CPU job takes one logical CPU even where cores have 2 threads.
 SelectTypeParameters=CR_CPU_Memory
@@ -201,10 +214,14 @@ wait_for_pid() { # name seconds
 start_daemons() {
     mkdir -p "$STATE_DIR"/{state,spool} "$RUN_DIR" "$LOG_DIR" "$MUNGE_DIR"
     chmod 0755 "$STATE_DIR" "$RUN_DIR" "$LOG_DIR"
-    chmod 0700 "$MUNGE_DIR"
+    chmod 0755 "$MUNGE_DIR" # the key itself is 0400; the socket must be reachable
     ensure_munge_key
     write_conf
     export SLURM_CONF="$CONF"
+    local f # keep one old log per daemon so the tails shown on failure are this run's
+    for f in munged slurmctld slurmd; do
+        [[ -f "$LOG_DIR/$f.log" ]] && mv -f "$LOG_DIR/$f.log" "$LOG_DIR/$f.log.old"
+    done
 
     log "starting munged (socket $MUNGE_SOCKET)"
     rm -f "$MUNGED_PID"

@@ -1,0 +1,301 @@
+"""The text classification data module: read, split, tokenize once (cached), pad per batch."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from tunelab.data import text_sources
+from tunelab.models.pretrained import resolve_pretrained
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("embedded", "aclimdb", "files", "hub")
+
+
+class TextDataModule(L.LightningDataModule):
+    """Labeled text for sequence classification.
+
+    Reads the source into ``datasets.Dataset`` splits, makes train/validation(/test) splits with a
+    fixed seed where the source lacks them, tokenizes each split once with the fast tokenizer
+    (``Dataset.map(batched=True)``, cached on disk under a key of tokenizer, max length and data
+    fingerprint) and pads each batch only to its longest sequence (rounded up to a multiple of
+    ``pad_to_multiple_of``).
+
+    Args:
+        tokenizer: Hugging Face name or folder of the tokenizer (follows the model's
+            ``pretrained``); ``pkg://`` names a model shipped in a Python package.
+        source: ``embedded`` (the VADER human-rated snippets, offline), ``aclimdb`` (the original
+            IMDB folder), ``files`` (CSV / JSON Lines / Parquet) or ``hub`` (``datasets.load_dataset``).
+        path: file or folder for ``aclimdb`` and ``files``.
+        domain: corpus of the embedded source: ``movies``, ``products``, ``editorials``, ``tweets``.
+        hub_name: hub dataset name for ``source=hub``.
+        text_column: text column of ``files`` and ``hub`` sources.
+        label_column: label column of ``files`` and ``hub`` sources.
+        num_classes: number of classes.
+        label_names: class names, index = label id.
+        max_length: longest sequence in tokens; longer texts are truncated.
+        val_size: fraction (or count) of the training split held out for validation.
+        test_size: fraction (or count) held out for testing when the source has no test split.
+        split_seed: seed of those splits; fixed so that all runs share them.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation, test and predict.
+        group_by_length: batch training examples of similar length together (less padding).
+        pad_to_multiple_of: pad each batch's length up to a multiple of this (tensor cores,
+            fewer distinct shapes for ``torch.compile``).
+        max_train_samples: cap on training examples, for quick runs.
+        max_eval_samples: cap on validation and test examples.
+        num_workers: DataLoader workers.
+        pin_memory: pin host memory for faster copies to a GPU.
+        data_dir: where the embedded corpus is stored.
+        cache_dir: where tokenized splits are cached.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        source: str = "embedded",
+        path: str | None = None,
+        domain: str = "movies",
+        hub_name: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        num_classes: int = 2,
+        label_names: Sequence[str] | None = ("negative", "positive"),
+        max_length: int = 128,
+        val_size: float | int = 0.1,
+        test_size: float | int = 0.1,
+        split_seed: int = 1234,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        group_by_length: bool = True,
+        pad_to_multiple_of: int | None = 8,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        data_dir: str = "data",
+        cache_dir: str = "data/cache",
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"data.source={source!r} is not one of {SOURCES}")
+        self.tokenizer_name = tokenizer
+        self.source = source
+        self.path = path
+        self.domain = domain
+        self.hub_name = hub_name
+        self.text_column = text_column
+        self.label_column = label_column
+        self.num_classes = num_classes
+        self.label_names = list(label_names) if label_names else None
+        self.max_length = max_length
+        self.val_size = val_size
+        self.test_size = test_size
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.group_by_length = group_by_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.data_dir = Path(data_dir)
+        self.cache_dir = Path(cache_dir)
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.splits: dict[str, Dataset] = {}
+        self.fingerprint: str | None = None
+        self.cache_hits: dict[str, bool] = {}
+        self.train_lengths: list[int] = []
+
+    # ---- tokenizer -------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                resolve_pretrained(self.tokenizer_name), use_fast=True
+            )
+        return self._tokenizer
+
+    def collator(self) -> DataCollatorWithPadding:
+        return DataCollatorWithPadding(
+            self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
+        )
+
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenize raw texts into one padded batch, as training batches are (for predict)."""
+        enc = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding=True,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        return dict(enc)
+
+    # ---- reading ---------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.source == "embedded":
+            text_sources.ensure_vader_corpus(self.data_dir)
+
+    def _read(self) -> dict[str, Dataset]:
+        if self.source == "embedded":
+            return {"train": text_sources.load_vader_domain(self.domain, self.data_dir)}
+        if self.source == "hub":
+            if not self.hub_name:
+                raise ValueError("data.source=hub needs data.hub_name (e.g. stanfordnlp/imdb)")
+            splits, names = text_sources.load_hub_text(
+                self.hub_name, self.text_column, self.label_column, str(self.cache_dir / "hf")
+            )
+        elif self.path is None:
+            raise ValueError(f"data.source={self.source} needs data.path (a file or folder)")
+        elif self.source == "aclimdb":
+            splits, names = text_sources.read_aclimdb(Path(self.path)), None
+        else:
+            splits, names = text_sources.read_table_files(
+                Path(self.path),
+                self.text_column,
+                self.label_column,
+                self.label_names,
+                str(self.cache_dir / "hf"),
+            )
+        if names and self.label_names and list(names) != self.label_names:
+            log.info("label names from the data: %s", names)
+        if names:
+            self.label_names = list(names)
+        return splits
+
+    def _make_splits(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
+        train = raw["train"]
+        test = raw.get("test")
+        if test is None:
+            parts = train.train_test_split(test_size=self.test_size, seed=self.split_seed)
+            train, test = parts["train"], parts["test"]
+        val = raw.get("validation")
+        if val is None:
+            parts = train.train_test_split(test_size=self.val_size, seed=self.split_seed)
+            train, val = parts["train"], parts["test"]
+        out = {"train": train, "val": val, "test": test}
+        caps = {"train": self.max_train_samples, "val": self.max_eval_samples, "test": self.max_eval_samples}
+        for name, cap in caps.items():
+            if cap is not None and cap < len(out[name]):
+                out[name] = out[name].select(range(cap))
+        return out
+
+    def _check_labels(self, name: str, ds: Dataset) -> None:
+        labels = ds["label"]
+        if not len(labels):
+            raise ValueError(f"the {name} split is empty ({self.source} {self.path or ''})")
+        lo, hi = min(labels), max(labels)
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(
+                f"{name} labels span [{lo}, {hi}] but data.num_classes={self.num_classes}; "
+                "labels must lie in [0, num_classes)"
+            )
+
+    # ---- tokenization with a cache ---------------------------------------------------------
+    def _cache_key(self, data_fingerprint: str) -> str:
+        h = hashlib.sha256()
+        h.update(self.tokenizer.backend_tokenizer.to_str().encode())
+        h.update(f"max_length={self.max_length}".encode())
+        h.update(data_fingerprint.encode())
+        return h.hexdigest()[:20]
+
+    def _tokenize(self, name: str, ds: Dataset, data_fingerprint: str) -> Dataset:
+        tok = self.tokenizer
+        max_length = self.max_length
+        cache = self.cache_dir / "tokenized" / f"{self._cache_key(data_fingerprint)}.arrow"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        self.cache_hits[name] = cache.is_file()
+
+        def encode(batch: dict[str, list]) -> dict[str, Any]:
+            enc = tok(
+                batch["text"], truncation=True, max_length=max_length, return_token_type_ids=False
+            )
+            return {
+                "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"],
+                "length": [len(ids) for ids in enc["input_ids"]],
+            }
+
+        out = ds.map(
+            encode,
+            batched=True,
+            batch_size=1000,
+            remove_columns=[c for c in ds.column_names if c != "label"],
+            cache_file_name=str(cache),
+            load_from_cache_file=True,
+            desc=f"tokenizing {name}",
+        )
+        return out.rename_column("label", "labels")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = self._read()
+        splits = self._make_splits(raw)
+        for name, ds in splits.items():
+            self._check_labels(name, ds)
+        self.raw_splits = splits
+        prints = {name: _data_fingerprint(ds) for name, ds in splits.items()}
+        self.fingerprint = hashlib.sha256(str(sorted(prints.items())).encode()).hexdigest()[:16]
+        self.splits = {name: self._tokenize(name, ds, prints[name]) for name, ds in splits.items()}
+        self.train_lengths = list(self.splits["train"]["length"])
+        for ds in self.splits.values():
+            ds.set_format(columns=["input_ids", "attention_mask", "labels"])
+        log.info("text data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()})
+
+    # ---- loaders ---------------------------------------------------------------------------
+    def _loader(self, name: str, batch_size: int, sampler=None, shuffle=False) -> DataLoader:
+        return DataLoader(
+            self.splits[name],
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=shuffle,
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.group_by_length:
+            sampler = LengthGroupedSampler(
+                self.batch_size,
+                lengths=self.train_lengths,
+                generator=torch.Generator().manual_seed(self._epoch_seed()),
+            )
+            return self._loader("train", self.batch_size, sampler=sampler)
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def _epoch_seed(self) -> int:
+        return int(torch.initial_seed()) % (2**31)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+
+def _data_fingerprint(ds: Dataset) -> str:
+    """A content hash of a split's texts and labels (stable across runs, unlike random ids)."""
+    h = hashlib.sha256()
+    for text in ds["text"]:
+        h.update(text.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    h.update(str(list(ds["label"])).encode())
+    return h.hexdigest()

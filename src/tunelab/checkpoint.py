@@ -93,6 +93,9 @@ def model_from_checkpoint(
 ) -> L.LightningModule:
     """Rebuild the LightningModule a checkpoint was trained with, weights loaded, in eval mode."""
     model_cfg, _ = stored_configs(ckpt)
+    if "load_weights" in model_cfg.get("net", {}):
+        # The checkpoint holds every weight: build the architecture only, no pretrained download.
+        model_cfg.net.load_weights = False
     model_cfg = OmegaConf.merge(model_cfg, model_overrides)
     model = instantiate(model_cfg, _convert_="partial")
     load_weights(model, ckpt, source)

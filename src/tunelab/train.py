@@ -13,33 +13,26 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.checkpoint import ConfigInCheckpoint
 from tunelab.config import config_dir
 from tunelab.utils.io import atomic_write_json
-from tunelab.utils.run_record import RunRecord
+from tunelab.utils.run_record import RunRecord, run_recorded
 
 log = logging.getLogger(__name__)
 
 
-def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a ``{name: {_target_: ...}}`` group (callbacks, loggers)."""
     if not cfg:
         return []
     return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def _overrides() -> list[str]:
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # called outside a Hydra app (e.g. a notebook's compose)
-        return []
-
-
-def _final_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+def final_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    """Merge Lightning's result dicts into ``{"val/acc": ..., "test/f1": ...}``."""
     out: dict[str, float] = {}
     for r in results:
         out.update({k: float(v) for k, v in r.items() if "/" in k and not k.endswith("_step")})
@@ -52,19 +45,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The run directory ``cfg.paths.output_dir`` receives ``checkpoints/``, ``metrics.json`` and
     ``run_info.json``.
     """
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record = RunRecord(
-        out_dir, OmegaConf.to_container(cfg, resolve=True), _overrides(), int(cfg.seed)
-    )
-    try:
-        metrics = _train(cfg, out_dir, record)
-    except BaseException as err:
-        record.finish("failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
-                      error=f"{type(err).__name__}: {err}")
-        raise
-    record.finish("completed", metrics=metrics)
-    return metrics
+    return run_recorded(cfg, _train)
 
 
 def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float]:
@@ -73,9 +54,9 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="partial")
     model: L.LightningModule = instantiate(cfg.model, _convert_="partial")
-    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    callbacks = instantiate_dict(cfg.get("callbacks"))
     callbacks.append(ConfigInCheckpoint(cfg.model, cfg.data))
-    loggers = _instantiate_dict(cfg.get("logger"))
+    loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -84,7 +65,7 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     record.update(data_fingerprint=getattr(datamodule, "fingerprint", None))
 
-    metrics = _final_metrics([dict(trainer.callback_metrics)])
+    metrics = final_metrics([dict(trainer.callback_metrics)])
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or None
@@ -93,7 +74,7 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
                         "validating and testing the current weights")
         val = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        metrics = _final_metrics(val + test)
+        metrics = final_metrics(val + test)
         if best:
             metrics_ckpt = {"best_ckpt": str(Path(best).relative_to(out_dir))}
         else:
@@ -103,11 +84,11 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
             if hasattr(model, "export_pretrained"):
                 model.export_pretrained(out_dir / "hf_model", datamodule)
     if trainer.is_global_zero:
-        _print_metrics(metrics, out_dir)
+        print_metrics(metrics, out_dir)
     return metrics
 
 
-def _print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
+def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 

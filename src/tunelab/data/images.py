@@ -159,3 +159,32 @@ def read_hub_images(
         images = np.stack([pil_to_array(im, image_size, in_channels) for im in d[image_column]])
         out[split] = (images, np.asarray(d[label_column], dtype=np.int64))
     return out, label_names
+
+
+def read_predict_inputs(
+    path: Path, image_size: int, in_channels: int
+) -> tuple[list[str], np.ndarray]:
+    """Images to classify: one image file, a folder of them (sorted), or an ``.npz``.
+
+    Returns a name per image (its path, or ``file.npz[i]``) and the (N, C, H, W) uint8 array.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            key = next((k for k in ("x", "x_test", "images") if k in z.files), None)
+            if key is None:
+                raise ValueError(f"{path}: expected an array 'x', 'x_test' or 'images'; found {z.files}")
+            x = to_nchw(z[key], path)
+        return [f"{path}[{i}]" for i in range(len(x))], x
+    files = (
+        sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if path.is_dir()
+        else [path]
+    )
+    if not files:
+        raise ValueError(f"no image files under {path}")
+    return [str(f) for f in files], np.stack(
+        [read_image_file(f, image_size, in_channels) for f in files]
+    )

@@ -42,7 +42,9 @@ class ClassifierModule(L.LightningModule):
         compile_mode: str = "default",
     ) -> None:
         super().__init__()
-        self.net = net
+        # `from_pretrained` returns modules in eval mode, and Lightning keeps each module's mode:
+        # without this, dropout would be off during fine-tuning.
+        self.net = net.train()
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

@@ -8,6 +8,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from tunelab.utils.io import atomic_write_json, atomic_write_text
@@ -104,3 +105,29 @@ class RunRecord:
 
     def write(self) -> None:
         atomic_write_json(self.path, self.data)
+
+
+def run_recorded(cfg: Any, work: Callable[[Any, Path, RunRecord], dict[str, float]]) -> dict[str, float]:
+    """Run ``work(cfg, run_dir, record)`` with ``run_info.json`` marking the outcome.
+
+    The record says ``running`` while it works, then ``completed`` with the metrics, or
+    ``failed`` / ``interrupted`` with the error, which is re-raised.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # outside a Hydra app (tests, notebooks)
+        overrides = []
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), overrides, int(cfg.seed))
+    try:
+        metrics = work(cfg, run_dir, record)
+    except BaseException as err:
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        record.finish(status, error=f"{type(err).__name__}: {err}")
+        raise
+    record.finish("completed", metrics=metrics)
+    return metrics

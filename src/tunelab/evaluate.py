@@ -1,0 +1,57 @@
+"""Evaluation entry point: ``tunelab-eval ckpt_path=PATH [+data.KEY=VALUE ...]``.
+
+Rebuilds the model and data module from the configs stored in the checkpoint, computes the test
+metrics and writes them to this evaluation's own run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tunelab.checkpoint import load_checkpoint, model_from_checkpoint, stored_configs
+from tunelab.config import config_dir
+from tunelab.train import final_metrics, instantiate_dict, print_metrics
+from tunelab.utils.io import atomic_write_json
+from tunelab.utils.run_record import RunRecord, run_recorded
+
+
+def _evaluate(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.accelerator.matmul_precision)
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    _, data_cfg = stored_configs(ckpt)
+    data_cfg = OmegaConf.merge(data_cfg, cfg.get("data") or {})
+    model = model_from_checkpoint(ckpt, cfg.ckpt_path, compile=cfg.accelerator.compile)
+    datamodule = instantiate(data_cfg, _convert_="partial")
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=instantiate_dict(cfg.get("logger")) or False, callbacks=[]
+    )
+    results = trainer.test(model, datamodule=datamodule, verbose=False)
+    metrics = final_metrics(results)
+    record.update(data_fingerprint=getattr(datamodule, "fingerprint", None))
+    if trainer.is_global_zero:
+        atomic_write_json(
+            out_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())}
+        )
+        print_metrics(metrics, out_dir)
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Compute a checkpoint's test metrics; writes ``metrics.json`` in the eval run directory."""
+    return run_recorded(cfg, _evaluate)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -45,7 +45,9 @@ class SlurmCluster:
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
-    def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         """Run a slurm client command (``sbatch``, ``squeue``, ...) against this cluster."""
         proc = subprocess.run(
             list(args), env=self.env, capture_output=True, text=True, timeout=timeout
@@ -107,8 +109,17 @@ class SlurmCluster:
 
     def wait_finished(self, jobid: str, timeout: float = 60) -> str:
         """Wait until the job has left the queue; return its final state."""
-        done = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+        done = (
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+            "PREEMPTED",
+            "BOOT_FAIL",
+            "DEADLINE",
+        )
 
         def final() -> str | None:
             state = self.job_state(jobid)
@@ -132,9 +143,13 @@ def _unavailable(reason: str) -> None:
 
 
 def _slurm_installed() -> bool:
-    return all(
-        Path(p).exists() for p in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
-    ) and shutil.which("sbatch") is not None
+    return (
+        all(
+            Path(p).exists()
+            for p in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
+        )
+        and shutil.which("sbatch") is not None
+    )
 
 
 @pytest.fixture(scope="session")

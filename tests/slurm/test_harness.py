@@ -52,8 +52,11 @@ def test_two_one_cpu_jobs_run_concurrently(slurm_cluster: SlurmCluster, tmp_path
     stamps = [tmp_path / "a.txt", tmp_path / "b.txt"]
     jobs = [
         slurm_cluster.sbatch(
-            "--cpus-per-task=1", "--ntasks=1", f"--output={tmp_path}/slurm-%j.out",
-            str(script), str(stamp),
+            "--cpus-per-task=1",
+            "--ntasks=1",
+            f"--output={tmp_path}/slurm-%j.out",
+            str(script),
+            str(stamp),
         )
         for stamp in stamps
     ]
@@ -84,7 +87,7 @@ def test_scontrol_requeue_reruns_running_job(slurm_cluster: SlurmCluster, tmp_pa
     counter, runs = tmp_path / "count", tmp_path / "runs"
     script = _script(
         tmp_path / "requeue.sh",
-        f'n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 ))\n'
+        f"n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 ))\n"
         f"echo $n > {counter}\n"
         f'echo "run=$n restart=${{SLURM_RESTART_COUNT:-0}}" >> {runs}\n'
         "sleep 300 &\nwait $!\n",
@@ -93,7 +96,8 @@ def test_scontrol_requeue_reruns_running_job(slurm_cluster: SlurmCluster, tmp_pa
     try:
         slurm_cluster.wait_until(
             lambda: _read(counter).strip() == "1" and slurm_cluster.job_state(jobid) == "RUNNING",
-            what="first run", jobid=jobid,
+            what="first run",
+            jobid=jobid,
         )
         slurm_cluster.run("scontrol", "requeue", jobid)
         # A requeued job waits AuthInfo cred_expire (harness: 10 s) before it is eligible.
@@ -126,9 +130,11 @@ def test_scancel_signal_usr1_reaches_batch_script(
     jobid = slurm_cluster.sbatch(f"--output={tmp_path}/slurm-%j.out", str(script))
     try:
         slurm_cluster.wait_until(
-            lambda: _read(marker).startswith("started")
-            and slurm_cluster.job_state(jobid) == "RUNNING",
-            what="job start", jobid=jobid,
+            lambda: (
+                _read(marker).startswith("started") and slurm_cluster.job_state(jobid) == "RUNNING"
+            ),
+            what="job start",
+            jobid=jobid,
         )
         slurm_cluster.run("scancel", "--signal=USR1", "--batch", jobid)
         slurm_cluster.wait_until(

@@ -6,6 +6,7 @@ Prints one JSON line per input: ``{"input", "label", "label_name", "probabilitie
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -58,13 +59,17 @@ class Predictor:
                 "input": name,
                 "label": label,
                 "label_name": self.label_names[label],
-                "probabilities": {n: round(float(v), 6) for n, v in zip(self.label_names, p, strict=True)},
+                "probabilities": {
+                    n: round(float(v), 6) for n, v in zip(self.label_names, p, strict=True)
+                },
             }
 
     def texts(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """Classify texts, batched, each batch padded only to its longest text."""
         if not isinstance(self.data, TextDataModule):
-            raise ValueError("this checkpoint is an image model: pass images (input=PATH), not text")
+            raise ValueError(
+                "this checkpoint is an image model: pass images (input=PATH), not text"
+            )
         out: list[dict[str, Any]] = []
         for i in range(0, len(texts), self.batch_size):
             chunk = list(texts[i : i + self.batch_size])
@@ -137,10 +142,38 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     for row in run(cfg):
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def quote_free_text(args: list[str]) -> list[str]:
+    """Quote the values of ``text=`` and ``input=`` for Hydra's override parser.
+
+    After the shell has removed the user's quotes, ``text=This movie is great!`` reaches us bare,
+    and Hydra's grammar rejects characters such as ``!``, ``,`` or ``:`` there. These two keys
+    take free text, so their values are passed through as one quoted string.
+    """
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if (
+            sep
+            and key in ("text", "input")
+            and not (value[:1] in "'\"" and value[:1] == value[-1:] and len(value) > 1)
+        ):
+            # Hydra unescapes backslashes only before a quote or the closing quote.
+            value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)
+            value = "'" + value.replace("'", "\\'") + "'"
+            arg = f"{key}={value}"
+        out.append(arg)
+    return out
+
+
+def main() -> None:
+    sys.argv[1:] = quote_free_text(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

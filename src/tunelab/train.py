@@ -70,15 +70,14 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = best or None
         if ckpt is None:
-            log.warning("no best checkpoint (fast_dev_run or no checkpoint callback): "
-                        "validating and testing the current weights")
+            log.warning(
+                "no best checkpoint (fast_dev_run or no checkpoint callback): "
+                "validating and testing the current weights"
+            )
         val = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics = final_metrics(val + test)
-        if best:
-            metrics_ckpt = {"best_ckpt": str(Path(best).relative_to(out_dir))}
-        else:
-            metrics_ckpt = {}
+        metrics_ckpt = {"best_ckpt": str(Path(best).relative_to(out_dir))} if best else {}
         if trainer.is_global_zero:
             atomic_write_json(out_dir / "metrics.json", {**metrics, **metrics_ckpt})
             if hasattr(model, "export_pretrained"):

@@ -132,7 +132,9 @@ class ImageDataModule(L.LightningDataModule):
     # ---- reading ---------------------------------------------------------------------------
     def _read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if self.source == "fashion_mnist":
-            return readers.read_fashion_mnist(Path(self.path or "/usr/share/datasets/fashion-mnist"))
+            return readers.read_fashion_mnist(
+                Path(self.path or "/usr/share/datasets/fashion-mnist")
+            )
         if self.path is None and self.source in ("folder", "npz"):
             raise ValueError(f"data.source={self.source} needs data.path (a folder or .npz file)")
         if self.source == "folder":
@@ -185,9 +187,13 @@ class ImageDataModule(L.LightningDataModule):
             val = raw["val"]
             train = (x, y)
         else:
-            n_val = int(self.val_size * len(y)) if isinstance(self.val_size, float) else self.val_size
+            n_val = (
+                int(self.val_size * len(y)) if isinstance(self.val_size, float) else self.val_size
+            )
             if not 0 < n_val < len(y):
-                raise ValueError(f"data.val_size={self.val_size} leaves no data for train or val ({len(y)} examples)")
+                raise ValueError(
+                    f"data.val_size={self.val_size} leaves no data for train or val ({len(y)} examples)"
+                )
             perm = np.random.default_rng(self.split_seed).permutation(len(y))
             val = (x[perm[:n_val]], y[perm[:n_val]])
             train = (x[perm[n_val:]], y[perm[n_val:]])
@@ -204,12 +210,12 @@ class ImageDataModule(L.LightningDataModule):
             h.update(np.ascontiguousarray(ys).tobytes())
         self.fingerprint = h.hexdigest()[:16]
         self.splits = {
-            name: TensorBatchDataset(torch.from_numpy(np.ascontiguousarray(xs)), torch.from_numpy(ys))
+            name: TensorBatchDataset(
+                torch.from_numpy(np.ascontiguousarray(xs)), torch.from_numpy(ys)
+            )
             for name, (xs, ys) in parts.items()
         }
-        log.info(
-            "image data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()}
-        )
+        log.info("image data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()})
 
     # ---- loaders ---------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -175,7 +175,9 @@ def read_predict_inputs(
         with np.load(path) as z:
             key = next((k for k in ("x", "x_test", "images") if k in z.files), None)
             if key is None:
-                raise ValueError(f"{path}: expected an array 'x', 'x_test' or 'images'; found {z.files}")
+                raise ValueError(
+                    f"{path}: expected an array 'x', 'x_test' or 'images'; found {z.files}"
+                )
             x = to_nchw(z[key], path)
         return [f"{path}[{i}]" for i in range(len(x))], x
     files = (

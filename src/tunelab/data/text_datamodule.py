@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +46,8 @@ class TextDataModule(L.LightningDataModule):
         num_classes: number of classes.
         label_names: class names, index = label id.
         max_length: longest sequence in tokens; longer texts are truncated.
-        val_size: fraction (or count) of the training split held out for validation.
+        val_size: fraction (or count) held out for validation when the source has no validation
+            split; of the whole data when the test split is carved out too (80/10/10 by default).
         test_size: fraction (or count) held out for testing when the source has no test split.
         split_seed: seed of those splits; fixed so that all runs share them.
         batch_size: training batch size.
@@ -181,15 +183,22 @@ class TextDataModule(L.LightningDataModule):
     def _make_splits(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
         train = raw["train"]
         test = raw.get("test")
+        val_size = self.val_size
         if test is None:
             parts = train.train_test_split(test_size=self.test_size, seed=self.split_seed)
             train, test = parts["train"], parts["test"]
+            if isinstance(val_size, float) and isinstance(self.test_size, float):
+                val_size = val_size / (1.0 - self.test_size)  # both are fractions of the whole
         val = raw.get("validation")
         if val is None:
-            parts = train.train_test_split(test_size=self.val_size, seed=self.split_seed)
+            parts = train.train_test_split(test_size=val_size, seed=self.split_seed)
             train, val = parts["train"], parts["test"]
         out = {"train": train, "val": val, "test": test}
-        caps = {"train": self.max_train_samples, "val": self.max_eval_samples, "test": self.max_eval_samples}
+        caps = {
+            "train": self.max_train_samples,
+            "val": self.max_eval_samples,
+            "test": self.max_eval_samples,
+        }
         for name, cap in caps.items():
             if cap is not None and cap < len(out[name]):
                 out[name] = out[name].select(range(cap))
@@ -207,9 +216,17 @@ class TextDataModule(L.LightningDataModule):
             )
 
     # ---- tokenization with a cache ---------------------------------------------------------
+    def _tokenizer_fingerprint(self) -> str:
+        """The tokenizer's vocabulary and pipeline, without the truncation/padding state that
+        each call leaves behind in the backend (which would change the key mid-run)."""
+        state = json.loads(self.tokenizer.backend_tokenizer.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
     def _cache_key(self, data_fingerprint: str) -> str:
         h = hashlib.sha256()
-        h.update(self.tokenizer.backend_tokenizer.to_str().encode())
+        h.update(self._tokenizer_fingerprint().encode())
         h.update(f"max_length={self.max_length}".encode())
         h.update(data_fingerprint.encode())
         return h.hexdigest()[:20]

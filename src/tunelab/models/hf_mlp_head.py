@@ -53,7 +53,9 @@ class EncoderMLPForSequenceClassification(PreTrainedModel):
 
     def __init__(self, config: EncoderMLPConfig, encoder: PreTrainedModel | None = None) -> None:
         super().__init__(config)
-        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config())
+        self.encoder = (
+            encoder if encoder is not None else AutoModel.from_config(config.encoder_config())
+        )
         hidden = self.encoder.config.hidden_size
         self.head = nn.Sequential(
             nn.Linear(hidden, config.head_hidden_size),

@@ -41,7 +41,9 @@ def freeze(model: PreTrainedModel, embeddings: bool = False, layers: int = 0) ->
             getattr(base, "transformer", None), "layer", None
         )
         if stack is None:
-            raise ValueError(f"model.net.freeze_layers: cannot find the layers of {type(base).__name__}")
+            raise ValueError(
+                f"model.net.freeze_layers: cannot find the layers of {type(base).__name__}"
+            )
         for layer in list(stack)[:layers]:
             layer.requires_grad_(False)
 
@@ -79,7 +81,9 @@ class HFSequenceClassifier(_TextNet):
     ) -> None:
         super().__init__()
         path = resolve_pretrained(pretrained)
-        config = AutoConfig.from_pretrained(path, **_labels(num_classes, label_names), **(config_overrides or {}))
+        config = AutoConfig.from_pretrained(
+            path, **_labels(num_classes, label_names), **(config_overrides or {})
+        )
         if load_weights:
             self.model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
         else:

@@ -6,9 +6,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from tunelab.utils.io import atomic_write_json, atomic_write_text
@@ -107,7 +107,9 @@ class RunRecord:
         atomic_write_json(self.path, self.data)
 
 
-def run_recorded(cfg: Any, work: Callable[[Any, Path, RunRecord], dict[str, float]]) -> dict[str, float]:
+def run_recorded(
+    cfg: Any, work: Callable[[Any, Path, RunRecord], dict[str, float]]
+) -> dict[str, float]:
     """Run ``work(cfg, run_dir, record)`` with ``run_info.json`` marking the outcome.
 
     The record says ``running`` while it works, then ``completed`` with the metrics, or

@@ -1,0 +1,69 @@
+"""``python -m bench [NAME ...] [--quick] [--out DIR]``: run the CPU benchmarks, write the tables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# Offline, as `make bench` runs it; set before transformers and datasets are imported.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+
+from bench.common import REPO, Result, log, machine_info, write_csv, write_markdown  # noqa: E402
+
+Runner = Callable[[bool, Path], list[Result]]
+
+
+def _runners() -> dict[str, Runner]:
+    # Imported here so that `--help` is instant.
+    from bench import lightning_vs_raw, padding, tokenization
+
+    return {
+        lightning_vs_raw.NAME: lightning_vs_raw.run,
+        tokenization.NAME: tokenization.run,
+        padding.NAME: padding.run,
+    }
+
+
+NAMES = ("lightning_vs_raw", "tokenization", "padding")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("benchmarks", nargs="*", metavar="NAME", help=f"any of {', '.join(NAMES)}")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "bench" / "out", help="output folder (bench/out)"
+    )
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.benchmarks) - set(NAMES))
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+    names = args.benchmarks or list(NAMES)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for stale in args.out.glob("profile_*.txt"):
+        stale.unlink()
+
+    info = machine_info()
+    runners = _runners()
+    results: list[Result] = []
+    start = time.perf_counter()
+    for name in names:
+        t0 = time.perf_counter()
+        results += runners[name](args.quick, args.out)
+        log(name, f"done in {time.perf_counter() - t0:.0f} s")
+    total = time.perf_counter() - start
+
+    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    write_csv(results, args.out / "results.csv")
+    write_markdown(results, info, command, args.out / "results.md", total)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -93,7 +93,7 @@ def test_overrides_reach_the_config(compose_train):
 
 @pytest.mark.parametrize("name", ["eval", "predict"])
 def test_entry_configs_compose(name, tmp_path):
-    from conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     cfg = compose_cfg(name, ["ckpt_path=x.ckpt"], tmp_path)
     assert cfg.ckpt_path == "x.ckpt"

@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.helpers import FASHION_MNIST, compose_cfg
 from tunelab.config import config_dir
 from tunelab.train import train
-
-from conftest import FASHION_MNIST, compose_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 

@@ -10,9 +10,8 @@ import sys
 import pytest
 import yaml
 
+from tests.helpers import FASHION_MNIST
 from tunelab import config
-
-from conftest import FASHION_MNIST
 
 
 def test_new_run_dir_never_reuses(tmp_path, monkeypatch):

@@ -10,11 +10,10 @@ import sys
 import pytest
 import torch
 
+from tests.helpers import compose_cfg, shared_data_dir, tiny_text_overrides
 from tunelab.data.text_datamodule import TextDataModule
 from tunelab.predict import predict
 from tunelab.train import train
-
-from conftest import compose_cfg, shared_data_dir, tiny_text_overrides
 
 
 def _dm(tiny_bert_dir, sentiment_csv, tmp_path, **kw) -> TextDataModule:

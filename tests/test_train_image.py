@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import compose_cfg, needs_fashion_mnist
 from tunelab.checkpoint import load_checkpoint
 from tunelab.data.images import read_fashion_mnist
 from tunelab.evaluate import evaluate
 from tunelab.predict import predict
 from tunelab.train import train
-
-from conftest import compose_cfg, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
 
@@ -60,7 +59,7 @@ def test_run_directory_contents(trained_run):
     assert info["config"]["data"]["max_train_samples"] == 4000
     assert info["data_fingerprint"]
     logged = (out / "csv" / "metrics.csv").read_text().splitlines()[0]
-    assert "train/loss_step" in logged and "val/acc" in logged
+    assert "train/loss_epoch" in logged and "val/acc" in logged
 
 
 def test_checkpoint_carries_its_configs_and_loads_eagerly(trained_run):

@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.checkpoint import ConfigInCheckpoint
@@ -57,6 +58,8 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     callbacks = instantiate_dict(cfg.get("callbacks"))
     callbacks.append(ConfigInCheckpoint(cfg.model, cfg.data))
     loggers = instantiate_dict(cfg.get("logger"))
+    if not loggers:  # logger=none: nothing to send learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -7,6 +7,7 @@ wrapper behind the console script.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.checkpoint import ConfigInCheckpoint
 from tunelab.config import config_dir
+from tunelab.resume import resume_overrides, resumed_config
 from tunelab.utils.io import atomic_write_json
-from tunelab.utils.run_record import RunRecord, run_recorded
+from tunelab.utils.run_record import RunRecord, hydra_overrides, run_recorded
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train, then validate and test the best checkpoint; return the final metrics.
 
     The run directory ``cfg.paths.output_dir`` receives ``checkpoints/``, ``metrics.json`` and
-    ``run_info.json``.
+    ``run_info.json``. With ``cfg.resume`` set, the run recorded there continues in place.
     """
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg, hydra_overrides())
     return run_recorded(cfg, _train)
 
 
@@ -105,9 +109,14 @@ def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric") or "", None)
+
+
+def main() -> None:
+    sys.argv[1:] = resume_overrides(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

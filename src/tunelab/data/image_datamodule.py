@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tunelab.data import images as readers
+from tunelab.data.resumable import EpochSampler, ResumableDataLoader, loop_progress, run_seed
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,17 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        train = self.splits["train"]
+        return ResumableDataLoader(
+            train,
+            sampler=EpochSampler(len(train), seed=run_seed()),
+            progress=loop_progress(self),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=_keep_batch,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

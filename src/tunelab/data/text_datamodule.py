@@ -14,9 +14,9 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from tunelab.data import text_sources
+from tunelab.data.resumable import EpochSampler, ResumableDataLoader, loop_progress, run_seed
 from tunelab.models.pretrained import resolve_pretrained
 
 log = logging.getLogger(__name__)
@@ -276,12 +276,10 @@ class TextDataModule(L.LightningDataModule):
         log.info("text data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()})
 
     # ---- loaders ---------------------------------------------------------------------------
-    def _loader(self, name: str, batch_size: int, sampler=None, shuffle=False) -> DataLoader:
+    def _loader(self, name: str, batch_size: int) -> DataLoader:
         return DataLoader(
             self.splits[name],
             batch_size=batch_size,
-            sampler=sampler,
-            shuffle=shuffle,
             collate_fn=self.collator(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -289,17 +287,23 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.group_by_length:
-            sampler = LengthGroupedSampler(
-                self.batch_size,
-                lengths=self.train_lengths,
-                generator=torch.Generator().manual_seed(self._epoch_seed()),
-            )
-            return self._loader("train", self.batch_size, sampler=sampler)
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def _epoch_seed(self) -> int:
-        return int(torch.initial_seed()) % (2**31)
+        train = self.splits["train"]
+        sampler = EpochSampler(
+            len(train),
+            seed=run_seed(),
+            lengths=self.train_lengths if self.group_by_length else None,
+            batch_size=self.batch_size,
+        )
+        return ResumableDataLoader(
+            train,
+            sampler=sampler,
+            progress=loop_progress(self),
+            batch_size=self.batch_size,
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)

@@ -11,10 +11,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
 
+from tunelab.data.resumable import run_seed
 from tunelab.models.metrics import build_metrics, scores_for_metrics
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., Any]
+
+
+def planned_steps(trainer: L.Trainer) -> int:
+    """How many optimizer steps the trainer will take, for sizing a schedule.
+
+    ``trainer.estimated_stepping_batches`` sets up the train loader early, before a resumed run
+    restores its loop state, and the loader's saved position is then dropped (lightning#20550):
+    a mid-epoch resume would replay the epoch from its start. Discarding that early loader makes
+    the fit loop set the data up again after the restore, as it does without a schedule.
+    """
+    total = int(trainer.estimated_stepping_batches)
+    trainer.fit_loop._combined_loader = None  # lightning#20550; see the docstring
+    return total
+
+
+def batch_seed(seed: int, batch_index: int, rank: int = 0) -> int:
+    """A distinct 63-bit seed per (run seed, global batch index, rank)."""
+    return (seed * 1_000_003 + batch_index * 7_919 + rank * 104_729) % (2**63 - 1)
 
 
 class ClassifierModule(L.LightningModule):
@@ -61,6 +80,21 @@ class ClassifierModule(L.LightningModule):
 
     def forward(self, inputs: Any) -> torch.Tensor:
         return self.net(inputs)
+
+    # randomness --------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Seed the RNG of each training batch from ``(seed, batch index, rank)``.
+
+        Dropout and on-device augmentation then depend only on which batch this is, so a run
+        resumed from any checkpoint continues with exactly the random numbers an uninterrupted
+        run would draw, with no RNG state to save. Runs before the batch is moved to the device
+        (where the data module augments it).
+        """
+        trainer = self._trainer
+        if trainer is not None and trainer.training:
+            index = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+            torch.manual_seed(batch_seed(run_seed(), index, trainer.global_rank))
+        return batch
 
     # steps ------------------------------------------------------------------------------------
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
@@ -109,7 +143,7 @@ class ClassifierModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
+        total = planned_steps(self.trainer)
         scheduler = self.scheduler_factory(optimizer, num_training_steps=total)
         return {
             "optimizer": optimizer,

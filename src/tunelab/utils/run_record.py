@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import sys
@@ -75,6 +76,21 @@ class RunRecord:
 
     def __init__(self, run_dir: Path, config: dict[str, Any], overrides: list[str], seed: int):
         self.path = Path(run_dir) / "run_info.json"
+        if config.get("resume") and self.path.is_file():
+            # The same run, continued in place: keep its record and note the resume.
+            self.data = json.loads(self.path.read_text())
+            self.data.setdefault("resumes", []).append(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+                    "overrides": overrides,
+                    "previous_status": self.data.get("status"),
+                    "code": code_version(Path(__file__).resolve().parent),
+                }
+            )
+            self.data.update(status="running", config=config)
+            self.write()
+            return
         source_dir = Path(__file__).resolve().parent
         code = code_version(source_dir)
         if code.get("dirty"):
@@ -107,6 +123,16 @@ class RunRecord:
         atomic_write_json(self.path, self.data)
 
 
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of the running Hydra app ([] outside one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # outside a Hydra app (tests, notebooks)
+        return []
+
+
 def run_recorded(
     cfg: Any, work: Callable[[Any, Path, RunRecord], dict[str, float]]
 ) -> dict[str, float]:
@@ -115,20 +141,18 @@ def run_recorded(
     The record says ``running`` while it works, then ``completed`` with the metrics, or
     ``failed`` / ``interrupted`` with the error, which is re-raised.
     """
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    try:
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # outside a Hydra app (tests, notebooks)
-        overrides = []
+    overrides = hydra_overrides()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), overrides, int(cfg.seed))
     try:
         metrics = work(cfg, run_dir, record)
     except BaseException as err:
-        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        # Ctrl-C, or SIGTERM (Lightning raises its SIGTERMException): stopped, not broken.
+        stopped = isinstance(err, KeyboardInterrupt) or type(err).__name__ == "SIGTERMException"
+        status = "interrupted" if stopped else "failed"
         record.finish(status, error=f"{type(err).__name__}: {err}")
         raise
     record.finish("completed", metrics=metrics)

@@ -1,0 +1,123 @@
+"""Training loaders that resume mid-epoch in exactly the order an uninterrupted run would use.
+
+The order of an epoch is a pure function of ``(seed, epoch)``, so no sampler state beyond two
+integers is needed. The loader implements Lightning's ``state_dict``/``load_state_dict`` loader
+protocol (Lightning saves it in every checkpoint): the state is the epoch and the number of
+batches the training loop has *processed*, read from the trainer rather than counted at the
+loader, because Lightning fetches one batch ahead of the step it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled (or length-grouped) indices whose order depends only on ``(seed, epoch)``.
+
+    Args:
+        num_samples: size of the dataset.
+        seed: base seed; epoch ``e`` uses a generator seeded with ``seed`` and ``e``.
+        shuffle: shuffle (else the natural order).
+        lengths: with ``batch_size``, group examples of similar length into the same batches
+            (``transformers``' megabatch scheme), for less padding.
+        batch_size: batch size, for length grouping.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        shuffle: bool = True,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+    ) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.lengths = list(lengths) if lengths is not None else None
+        self.batch_size = batch_size
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_next(self, n: int) -> None:
+        """Drop the first ``n`` indices of the next iteration only (mid-epoch resume)."""
+        self._skip = n
+
+    def indices(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        if self.lengths is not None:
+            return list(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+        if self.shuffle:
+            return torch.randperm(self.num_samples, generator=g).tolist()
+        return list(range(self.num_samples))
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self._skip = self._skip, 0
+        return iter(self.indices(self.epoch)[skip:])
+
+    def __len__(self) -> int:
+        # The full epoch, also when skipping: Lightning counts the resumed batches itself.
+        return self.num_samples
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an :class:`EpochSampler` that Lightning checkpoints and restores.
+
+    Args:
+        dataset: the dataset.
+        sampler: its :class:`EpochSampler`.
+        progress: returns ``(processed, total)``: batches of the current epoch the training loop
+            has processed, and how many the epoch has.
+        **kwargs: the other ``DataLoader`` arguments.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        sampler: EpochSampler,
+        progress: Callable[[], tuple[int, int]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        sampler: EpochSampler = self.sampler  # type: ignore[assignment]
+        done, total = self.progress() if self.progress is not None else (0, len(self))
+        if done >= total:  # a checkpoint at the end of an epoch resumes at the next one
+            return {"epoch": sampler.epoch + 1, "batches": 0}
+        return {"epoch": sampler.epoch, "batches": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler: EpochSampler = self.sampler  # type: ignore[assignment]
+        sampler.set_epoch(int(state["epoch"]))
+        sampler.skip_next(int(state["batches"]) * int(self.batch_size or 1))
+
+
+def run_seed() -> int:
+    """The run's seed: the one ``lightning.seed_everything`` set, else torch's initial seed."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None else int(torch.initial_seed() % 2**31)
+
+
+def loop_progress(datamodule: Any) -> Callable[[], tuple[int, int]]:
+    """``(processed, total)`` batches of the trainer's current training epoch."""
+
+    def progress() -> tuple[int, int]:
+        trainer = getattr(datamodule, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return done, int(trainer.num_training_batches)
+
+    return progress

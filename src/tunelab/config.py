@@ -55,9 +55,16 @@ def _if_cuda(when_cuda: object, otherwise: object) -> object:
 
 def register_resolvers() -> None:
     """Register tunelab's resolvers (idempotent)."""
-    for name, fn in (("tunelab.new_run_dir", new_run_dir), ("tunelab.if_cuda", _if_cuda)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+    # use_cache: Hydra copies the resolver cache into each job's config (also across processes,
+    # e.g. SLURM jobs), so every job of a sweep resolves the same directory.
+    if not OmegaConf.has_resolver("tunelab.new_run_dir"):
+        OmegaConf.register_new_resolver("tunelab.new_run_dir", new_run_dir, use_cache=True)
+    if not OmegaConf.has_resolver("tunelab.cwd"):
+        # Like ${hydra:runtime.cwd}, but also resolvable where Hydra has not set its config yet
+        # (a launcher resolving the sweep dir); cached so that jobs see the launch directory.
+        OmegaConf.register_new_resolver("tunelab.cwd", os.getcwd, use_cache=True)
+    if not OmegaConf.has_resolver("tunelab.if_cuda"):
+        OmegaConf.register_new_resolver("tunelab.if_cuda", _if_cuda)
 
 
 register_resolvers()

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tunelab.checkpoint import ConfigInCheckpoint
 from tunelab.config import config_dir
 from tunelab.resume import resume_overrides, resumed_config
+from tunelab.slurm import SlurmRequeue, in_slurm_job, requeued_checkpoint
 from tunelab.utils.io import atomic_write_json
 from tunelab.utils.run_record import RunRecord, hydra_overrides, run_recorded
 
@@ -61,6 +62,19 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     model: L.LightningModule = instantiate(cfg.model, _convert_="partial")
     callbacks = instantiate_dict(cfg.get("callbacks"))
     callbacks.append(ConfigInCheckpoint(cfg.model, cfg.data))
+    ckpt_path = cfg.get("ckpt_path")
+    if in_slurm_job():
+        callbacks.append(
+            SlurmRequeue(
+                out_dir / "checkpoints" / "last.ckpt",
+                on_requeue=lambda step: record.update(status="requeued", requeued_at_step=step),
+            )
+        )
+        requeued = requeued_checkpoint(out_dir)
+        if requeued is not None:
+            log.info("SLURM restart: resuming from %s", requeued)
+            record.update(resumed_from_requeue=str(requeued))
+            ckpt_path = str(requeued)
     loggers = instantiate_dict(cfg.get("logger"))
     if not loggers:  # logger=none: nothing to send learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -69,7 +83,7 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     record.update(data_fingerprint=getattr(datamodule, "fingerprint", None))
 
     metrics = final_metrics([dict(trainer.callback_metrics)])

@@ -74,9 +74,16 @@ def hardware() -> dict[str, Any]:
 class RunRecord:
     """Writes and updates ``run_info.json`` in a run directory (atomically, every time)."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], overrides: list[str], seed: int):
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        overrides: list[str],
+        seed: int,
+        continuing: bool = False,
+    ):
         self.path = Path(run_dir) / "run_info.json"
-        if config.get("resume") and self.path.is_file():
+        if continuing and self.path.is_file():
             # The same run, continued in place: keep its record and note the resume.
             self.data = json.loads(self.path.read_text())
             self.data.setdefault("resumes", []).append(
@@ -146,7 +153,12 @@ def run_recorded(
     overrides = hydra_overrides()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), overrides, int(cfg.seed))
+    from tunelab.slurm import requeued_checkpoint
+
+    continuing = bool(cfg.get("resume")) or requeued_checkpoint(run_dir) is not None
+    record = RunRecord(
+        run_dir, OmegaConf.to_container(cfg, resolve=True), overrides, int(cfg.seed), continuing
+    )
     try:
         metrics = work(cfg, run_dir, record)
     except BaseException as err:

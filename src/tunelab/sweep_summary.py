@@ -46,7 +46,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         metric = (info.get("config") or {}).get("optimized_metric") or "val/acc"
         error = info.get("error", "")
         status = info.get("status", "missing")
-        if status == "failed" and "TrialPruned" in error:
+        if status == "failed" and "TrialPruned" in error:  # records from before "pruned"
             status = "pruned"
         value = (info.get("metrics") or {}).get(metric)
         rows.append(

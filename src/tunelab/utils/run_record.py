@@ -165,6 +165,8 @@ def run_recorded(
         # Ctrl-C, or SIGTERM (Lightning raises its SIGTERMException): stopped, not broken.
         stopped = isinstance(err, KeyboardInterrupt) or type(err).__name__ == "SIGTERMException"
         status = "interrupted" if stopped else "failed"
+        if type(err).__name__ == "TrialPruned":  # stopped early by an Optuna pruner
+            status = "pruned"
         record.finish(status, error=f"{type(err).__name__}: {err}")
         raise
     record.finish("completed", metrics=metrics)

@@ -1,20 +1,33 @@
 """Config checks that run before anything heavy starts, reporting every problem at once.
 
 The schema is the code itself: each node with a ``_target_`` is checked against the typed
-signature of what it builds (unknown keys, wrong types), so configs and classes cannot drift
-apart. Value rules that signatures cannot express (positive batch sizes, ...) follow.
+signature of what it builds (unknown keys, wrong types, missing values), so configs and classes
+cannot drift apart. Value rules that signatures cannot express follow: positive batch sizes, at
+least two classes, a ``max_length`` the model has positions for, ``torch.compile`` and bf16 only
+where this machine can run them. Every problem names its key and the fix, and
+:func:`validate_config` raises one :class:`ConfigError` listing them all.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
+import importlib.util
 import inspect
+import math
+import os
+import re
+import shutil
+import sys
 import types
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_method
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -22,31 +35,234 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{len(problems)} config problem(s):\n{lines}")
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            super().__init__(f"{len(problems)} config problems:\n{lines}")
+
+
+def validate_config(
+    cfg: DictConfig, model: DictConfig | None = None, data: DictConfig | None = None
+) -> None:
+    """Check a composed tunelab config; raise one :class:`ConfigError` naming every problem.
+
+    Args:
+        cfg: the config of ``tunelab-train``, ``tunelab-eval`` or ``tunelab-predict``.
+        model: the model config to check in place of ``cfg.model`` (``tunelab-eval`` passes the
+            one stored in the checkpoint).
+        data: the data config to check in place of ``cfg.data`` (for ``tunelab-eval``: the
+            checkpoint's, with the command line's ``+data.KEY=VALUE`` merged in).
+
+    Raises:
+        ConfigError: the config has problems; ``.problems`` lists them.
+    """
+    if model is not None or data is not None:
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            if model is not None:
+                cfg.model = model
+                if "compile" in cfg.model and "accelerator" in cfg:
+                    cfg.model.compile = cfg.accelerator.get("compile", False)
+            if data is not None:
+                cfg.data = data
+    checker = _Checker(cfg)
+    checker.check_values()
+    for path, node in _targets(cfg, ""):
+        checker.check_signature(path, node)
+    for rule in (_data_rules, _model_rules, _trainer_rules, _callback_rules, _entry_rules):
+        rule(checker)
+    if checker.problems:
+        raise ConfigError(checker.problems)
+
+
+# --- reading the config --------------------------------------------------------------------
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value) if value == "" or any(c in value for c in " ,[]{}:=") else value
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _short(target: str) -> str:
+    return str(target).rsplit(".", 1)[-1]
 
 
 def _targets(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
+    """Every ``_target_`` node of ``node`` with its dotted path."""
     if isinstance(node, DictConfig):
         if "_target_" in node:
             yield path, node
         for key in node:
             child = node._get_node(key)
-            if child is None or OmegaConf.is_missing(node, key):
+            if child is None or OmegaConf.is_missing(node, key) or child._is_interpolation():
                 continue
-            yield from _targets(node[key], f"{path}.{key}" if path else str(key))
+            yield from _targets(child, f"{path}.{key}" if path else str(key))
     elif isinstance(node, ListConfig):
-        for i, item in enumerate(node):
-            yield from _targets(item, f"{path}[{i}]")
+        for i in range(len(node)):
+            child = node._get_node(i)
+            if child is not None and not child._is_interpolation():
+                yield from _targets(child, f"{path}[{i}]")
+
+
+_EXAMPLES = {
+    "ckpt_path": "outputs/<experiment>/<run>/checkpoints/best.ckpt",
+    "data.path": "PATH",
+    "data.num_classes": "N",
+}
+
+
+class _Checker:
+    """Collects problems, at most one per key (the first found, usually the most basic)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.problems: list[str] = []
+        self.flagged: set[str] = set()
+
+    def problem(self, key: str, message: str) -> None:
+        if key not in self.flagged:
+            self.flagged.add(key)
+            self.problems.append(message)
+
+    def get(self, path: str) -> Any:
+        """The resolved value at ``path`` as plain Python; ``_ABSENT`` if unset or broken."""
+        if path in self.flagged:
+            return _ABSENT
+        try:
+            value = OmegaConf.select(self.cfg, path, default=_ABSENT, throw_on_missing=True)
+        except OmegaConfBaseException:
+            return _ABSENT  # reported by check_values
+        if isinstance(value, (DictConfig, ListConfig)):
+            try:
+                value = OmegaConf.to_container(value, resolve=True)
+            except OmegaConfBaseException:
+                return _ABSENT
+        return value
+
+    def has(self, path: str) -> bool:
+        return self.get(path) is not _ABSENT
+
+    # ---- every value resolves and is set ---------------------------------------------------
+    def check_values(self) -> None:
+        for key in self.cfg:
+            if key != "hydra":
+                self._check_node(self.cfg, key, str(key))
+
+    def _check_node(self, parent: DictConfig | ListConfig, key: Any, path: str) -> None:
+        try:
+            value = parent[key]
+        except MissingMandatoryValue:
+            example = _EXAMPLES.get(path, "VALUE")
+            self.problem(path, f"{path} is required (it is ???): set it, e.g. {path}={example}")
+            return
+        except OmegaConfBaseException as err:
+            raw = parent._get_node(key)._value()
+            reason = str(err).splitlines()[0]
+            ref = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
+            if (ref and ref.group(1) in self.flagged) or "Missing mandatory value" in reason:
+                return  # follows from a problem reported at the key it refers to
+            self.problem(path, f"{path}={raw} cannot be resolved ({reason}); fix the value")
+            return
+        if isinstance(value, DictConfig):
+            for k in value:
+                self._check_node(value, k, f"{path}.{k}")
+        elif isinstance(value, ListConfig):
+            for i in range(len(value)):
+                self._check_node(value, i, f"{path}[{i}]")
+
+    # ---- signatures ------------------------------------------------------------------------
+    def check_signature(self, path: str, node: DictConfig) -> None:
+        """Unknown keys, wrong types and missing arguments of one ``_target_`` node."""
+        target = node._get_node("_target_")._value()
+        try:
+            fn = get_method(target) if isinstance(target, str) else target
+        except Exception as err:  # hydra raises ImportError or its own errors
+            reason = str(err).splitlines()[0]
+            self.problem(
+                f"{path}._target_",
+                f"{path}._target_={target} cannot be imported ({reason}); check the name, or "
+                "install the package that provides it",
+            )
+            return
+        try:
+            params = dict(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            return
+        hints = _type_hints(fn, params)
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        named = {k: p for k, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        for key in node:
+            key = str(key)
+            key_path = f"{path}.{key}"
+            if key.startswith("_") or key_path in self.flagged:
+                continue
+            if key not in named:
+                if not takes_kwargs:
+                    close = difflib.get_close_matches(key, list(named), n=1)
+                    hint = f"did you mean {path}.{close[0]}? " if close else ""
+                    self.problem(
+                        key_path,
+                        f"{key_path} is not a setting of {_short(target)}: {hint}remove it "
+                        f"(valid keys: {', '.join(named)})",
+                    )
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and "_target_" in child:
+                continue  # built into an object; checked as a node of its own
+            value = self.get(key_path)
+            if value is _ABSENT:
+                continue
+            want = hints.get(key, inspect.Parameter.empty)
+            if not _type_ok(value, want):
+                self.problem(
+                    key_path,
+                    f"{key_path}={_show(value)} has the wrong type: {_short(target)} expects "
+                    f"{_type_name(want)}; set {key_path} to a value of that type",
+                )
+        if node.get("_partial_", False) or "_args_" in node:
+            return  # the code supplies the remaining arguments
+        for name, p in named.items():
+            if p.default is p.empty and name not in node:
+                self.problem(
+                    f"{path}.{name}",
+                    f"{path}.{name} is missing: {_short(target)} needs it; add {path}.{name}=VALUE",
+                )
+
+
+def _type_hints(fn: Any, params: dict[str, inspect.Parameter]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+    except Exception:  # unresolvable forward references: use what the signature has
+        return {
+            k: p.annotation
+            for k, p in params.items()
+            if p.annotation is not p.empty and not isinstance(p.annotation, str)
+        }
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
-    """A shallow check of a config value against a parameter annotation."""
+    """A conservative check of a plain config value against a parameter annotation.
+
+    Only builtin scalar types, containers and literals are checked; any other class is accepted,
+    so an unusual signature can never block a run that would work.
+    """
     if annotation is inspect.Parameter.empty or annotation is Any:
         return True
     origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+        return any(_type_ok(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
     if annotation is type(None):
         return value is None
     if value is None:
@@ -59,47 +275,484 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is str:
         return isinstance(value, str)
-    if origin is not None and origin.__module__ == "collections.abc" or origin in (list, tuple):
-        return isinstance(value, (list, tuple, ListConfig))
+    if annotation in (dict, typing.Mapping) or origin in (dict, typing.Mapping):
+        return isinstance(value, dict)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(args)
+            and all(_type_ok(v, a) for v, a in zip(value, args, strict=True))
+        )
+    if annotation in (list, tuple) or origin in (list, tuple) or _is_sequence(origin):
+        if not isinstance(value, (list, tuple)):
+            return False
+        inner = args[0] if args else Any
+        return all(_type_ok(v, inner) for v in value)
     return True
 
 
-def check_signatures(cfg: DictConfig) -> list[str]:
-    """Unknown keys and wrong types in every ``_target_`` node of ``cfg``."""
-    problems: list[str] = []
-    for path, node in _targets(cfg, ""):
-        target = node["_target_"]
-        try:
-            fn = get_method(target) if not isinstance(target, type) else target
-        except Exception as err:  # hydra raises ImportError or its own errors
-            problems.append(f"{path}._target_={target!r} cannot be imported ({err})")
+def _is_sequence(origin: Any) -> bool:
+    import collections.abc as abc
+
+    return origin in (abc.Sequence, abc.MutableSequence, abc.Iterable, abc.Collection)
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for arg in typing.get_args(annotation) for a in _flatten(arg)]
+    return [annotation]
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) or origin is typing.Literal:
+        choices, kinds = [], []
+        for arg in _flatten(annotation):
+            if typing.get_origin(arg) is typing.Literal:
+                choices += [_show(a) for a in typing.get_args(arg)]
+            else:
+                kinds.append(_type_name(arg))
+        if choices:
+            kinds.insert(0, "one of " + ", ".join(dict.fromkeys(choices)))
+        return " or ".join(kinds)
+    return str(annotation).replace("typing.", "").replace("collections.abc.", "")
+
+
+# --- value rules -----------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int_at_least(
+    ck: _Checker, path: str, low: int, fix: str, none_ok: bool = False, why: str = ""
+) -> None:
+    v = ck.get(path)
+    if v is _ABSENT or (v is None and none_ok):
+        return
+    if not _is_int(v) or v < low:
+        must = f"must be an integer >= {low}" if low != 1 else "must be a positive integer"
+        ck.problem(path, f"{path}={_show(v)} {why or must}; {fix}")
+
+
+def _fraction_or_count(ck: _Checker, path: str) -> None:
+    v = ck.get(path)
+    if v is _ABSENT:
+        return
+    ok = (isinstance(v, float) and 0.0 < v < 1.0) or (_is_int(v) and v > 0)
+    if not ok:
+        ck.problem(
+            path,
+            f"{path}={_show(v)} must be a fraction in (0, 1) or a positive count of examples; "
+            f"set e.g. {path}=0.1",
+        )
+
+
+_PATH_SOURCES = {
+    "folder": "a folder with one subfolder of images per class",
+    "npz": "an .npz file with x_train/y_train (or x/y)",
+    "files": "a CSV / JSON Lines / Parquet file, or a folder with train.*, validation.*, test.*",
+    "aclimdb": "the unpacked aclImdb/ folder (or its parent)",
+    "fashion_mnist": "the folder of Fashion-MNIST's idx files",
+}
+
+
+def _data_rules(ck: _Checker) -> None:
+    if not ck.has("data._target_"):
+        return
+    _int_at_least(ck, "data.batch_size", 1, "set data.batch_size to a positive integer, e.g. 32")
+    _int_at_least(
+        ck, "data.eval_batch_size", 1, "set it to a positive integer, or null", none_ok=True
+    )
+    _int_at_least(
+        ck,
+        "data.num_classes",
+        2,
+        "set data.num_classes to the number of classes in the data",
+        why="is too few: a classifier needs at least 2 classes",
+    )
+    for key in ("data.max_train_samples", "data.max_eval_samples"):
+        _int_at_least(ck, key, 1, f"set {key} to a positive integer, or null for all", True)
+    _int_at_least(ck, "data.num_workers", 0, "set data.num_workers=0 (no worker processes)")
+    _int_at_least(ck, "data.pad_to_multiple_of", 1, "set it to e.g. 8, or null", none_ok=True)
+    for key in ("data.val_size", "data.test_size"):
+        _fraction_or_count(ck, key)
+    val, test = ck.get("data.val_size"), ck.get("data.test_size")
+    if isinstance(val, float) and isinstance(test, float) and val + test >= 1.0:
+        ck.problem(
+            "data.val_size",
+            f"data.val_size={val} and data.test_size={test} leave nothing to train on; "
+            "make their sum less than 1 (e.g. 0.1 each)",
+        )
+
+    num_classes, names = ck.get("data.num_classes"), ck.get("data.label_names")
+    if isinstance(names, list) and _is_int(num_classes) and len(names) != num_classes:
+        ck.problem(
+            "data.label_names",
+            f"data.label_names has {len(names)} names {names} but data.num_classes="
+            f"{num_classes}; give one name per class (or data.label_names=null)",
+        )
+
+    source, path = ck.get("data.source"), ck.get("data.path")
+    if source in _PATH_SOURCES and source != "fashion_mnist" and path is None:
+        ck.problem(
+            "data.path",
+            f"data.source={source} needs data.path: set it to {_PATH_SOURCES[source]}",
+        )
+    if source in _PATH_SOURCES and isinstance(path, str) and not Path(path).exists():
+        extra = (
+            " (install Debian's dataset-fashion-mnist package: `make install` does it)"
+            if source == "fashion_mnist"
+            else ""
+        )
+        ck.problem(
+            "data.path",
+            f"data.path={path} does not exist; point data.path at {_PATH_SOURCES[source]}{extra}",
+        )
+    if source == "hub" and not ck.get("data.hub_name"):
+        ck.problem("data.hub_name", "data.source=hub needs data.hub_name (e.g. stanfordnlp/imdb)")
+    decode = ck.get("data.decode_errors")
+    if decode is not _ABSENT and decode not in ("strict", "replace"):
+        ck.problem(
+            "data.decode_errors",
+            f"data.decode_errors={_show(decode)} must be strict (stop at undecodable text) or "
+            "replace (replace undecodable bytes with U+FFFD and count them)",
+        )
+    _image_rules(ck)
+    _max_length_rule(ck)
+
+
+def _image_rules(ck: _Checker) -> None:
+    channels = ck.get("data.in_channels")
+    if channels is not _ABSENT and channels not in (1, 3):
+        ck.problem(
+            "data.in_channels",
+            f"data.in_channels={_show(channels)} must be 1 (grayscale) or 3 (RGB)",
+        )
+    _int_at_least(ck, "data.image_size", 1, "set data.image_size to the image side in pixels")
+    for key in ("data.mean", "data.std"):
+        v = ck.get(key)
+        if isinstance(v, list) and channels in (1, 3) and len(v) != channels:
+            ck.problem(
+                key,
+                f"{key} has {len(v)} values but data.in_channels={channels}; give one per channel",
+            )
+    std = ck.get("data.std")
+    if isinstance(std, list) and any(_is_number(s) and s <= 0 for s in std):
+        ck.problem("data.std", f"data.std={std} must be > 0 (it divides the pixel values)")
+
+
+def _max_length_rule(ck: _Checker) -> None:
+    max_length = ck.get("data.max_length")
+    if max_length is _ABSENT:
+        return
+    if not _is_int(max_length) or max_length < 1:
+        ck.problem(
+            "data.max_length",
+            f"data.max_length={_show(max_length)} must be a positive number of tokens; "
+            "set e.g. data.max_length=128",
+        )
+        return
+    pretrained = ck.get("model.net.pretrained")
+    if not isinstance(pretrained, str):
+        return
+    overrides = ck.get("model.net.config_overrides")
+    limit = _position_limit(ck, pretrained, overrides if isinstance(overrides, dict) else {})
+    if limit is not None and max_length > limit:
+        ck.problem(
+            "data.max_length",
+            f"data.max_length={max_length} is more than the {limit} positions of "
+            f"model.net.pretrained={pretrained} (max_position_embeddings); "
+            f"set data.max_length={limit} or less",
+        )
+
+
+def _position_limit(ck: _Checker, pretrained: str, overrides: dict) -> int | None:
+    """``max_position_embeddings`` of a pretrained model whose config is here (no download)."""
+    from tunelab.models.pretrained import resolve_pretrained
+
+    try:
+        path = resolve_pretrained(pretrained)
+    except FileNotFoundError as err:
+        ck.problem("model.net.pretrained", f"model.net.pretrained: {err}")
+        return None
+    local = Path(path).expanduser()
+    if pretrained.startswith(("/", "./", "../", "~")) and not (local / "config.json").is_file():
+        what = "does not exist" if not local.exists() else "has no config.json"
+        ck.problem(
+            "model.net.pretrained",
+            f"model.net.pretrained={pretrained} {what}; point it at a saved model folder, a "
+            "Hugging Face hub name or pkg://PACKAGE/FOLDER",
+        )
+        return None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception:  # a hub model not cached yet: instantiating downloads (or explains) it
+        return None
+    limit = overrides.get("max_position_embeddings", getattr(config, "max_position_embeddings", 0))
+    return limit if _is_int(limit) and limit > 0 else None
+
+
+def _model_rules(ck: _Checker) -> None:
+    if not ck.has("model._target_"):
+        return
+    lr = ck.get("model.optimizer.lr")
+    if lr is not _ABSENT and not (_is_number(lr) and math.isfinite(lr) and lr > 0):
+        ck.problem(
+            "model.optimizer.lr",
+            f"model.optimizer.lr={_show(lr)} must be a positive number; set e.g. "
+            "model.optimizer.lr=1e-4 (BERT) or 2e-3 (CNN)",
+        )
+    wd = ck.get("model.optimizer.weight_decay")
+    if wd is not _ABSENT and not (_is_number(wd) and wd >= 0):
+        ck.problem(
+            "model.optimizer.weight_decay",
+            f"model.optimizer.weight_decay={_show(wd)} must be >= 0; set e.g. 0.01 (0 for none)",
+        )
+    warmup = ck.get("model.scheduler.warmup_ratio")
+    if warmup is not _ABSENT and not (_is_number(warmup) and 0 <= warmup < 1):
+        ck.problem(
+            "model.scheduler.warmup_ratio",
+            f"model.scheduler.warmup_ratio={_show(warmup)} must be in [0, 1): the fraction of "
+            "the steps spent warming up",
+        )
+    for key in ("model.net.dropout", "model.net.head_dropout"):
+        p = ck.get(key)
+        if p is not _ABSENT and not (_is_number(p) and 0 <= p < 1):
+            ck.problem(key, f"{key}={_show(p)} must be a probability in [0, 1)")
+    for key in ("model.net.hidden_size", "model.net.head_hidden_size"):
+        _int_at_least(ck, key, 1, f"set {key} to a positive width, e.g. 128")
+    channels = ck.get("model.net.channels")
+    if channels is not _ABSENT and not (
+        isinstance(channels, list) and channels and all(_is_int(c) and c > 0 for c in channels)
+    ):
+        ck.problem(
+            "model.net.channels",
+            f"model.net.channels={channels} must be a non-empty list of positive widths, "
+            "e.g. model.net.channels=[32,64]",
+        )
+    pooling = ck.get("model.net.pooling")
+    if pooling is not _ABSENT and pooling not in ("pooler", "cls", "mean"):
+        ck.problem(
+            "model.net.pooling", f"model.net.pooling={_show(pooling)}: use pooler, cls or mean"
+        )
+    _int_at_least(ck, "model.net.freeze_layers", -1, "use 0 (none), N (the first N), -1 (all)")
+    data_classes = ck.get("data.num_classes")
+    for key in ("model.num_classes", "model.net.num_classes"):
+        v = ck.get(key)
+        if _is_int(data_classes) and _is_int(v) and v != data_classes:
+            ck.problem(
+                key,
+                f"{key}={v} but data.num_classes={data_classes}; the data config owns the "
+                f"number of classes: drop the {key} override and set data.num_classes",
+            )
+    mode = ck.get("model.compile_mode")
+    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    if mode is not _ABSENT and mode not in modes:
+        ck.problem(
+            "model.compile_mode",
+            f"model.compile_mode={_show(mode)} must be one of {', '.join(modes)} "
+            "(set accelerator.compile_mode)",
+        )
+    if ck.get("model.compile") is True:
+        key = "accelerator.compile" if ck.get("accelerator.compile") is True else "model.compile"
+        device = _device(ck)
+        reason = compile_problem(device) if device else None
+        if reason:
+            ck.problem(key, f"{key}=true but {reason}; set {key}=false (or accelerator=cpu)")
+
+
+def _device(ck: _Checker) -> str | None:
+    """``cuda`` or ``cpu``: where the run will execute (None: a GPU is asked for but absent)."""
+    import torch
+
+    accel = ck.get("trainer.accelerator")
+    if accel is _ABSENT:
+        accel = ck.get("accelerator.accelerator")
+    if accel in ("gpu", "cuda"):
+        return "cuda" if torch.cuda.is_available() else None
+    if accel == "auto" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def compile_problem(device: str) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` here, or None if it can."""
+    if sys.platform == "win32":
+        return "torch.compile is not supported on Windows"
+    if device == "cpu":
+        # What inductor runs for CPU kernels (torch._inductor.config.cpp.cxx).
+        cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+        if shutil.which(cxx) is None:
+            return (
+                f"torch.compile on the CPU needs a C++ compiler and {cxx} is not on PATH "
+                "(install one, e.g. `apt-get install g++`, or point CXX at one)"
+            )
+    elif importlib.util.find_spec("triton") is None:
+        return "torch.compile on a GPU needs triton, which is not installed"
+    return None
+
+
+def bf16_problem() -> str | None:
+    """Why bf16 cannot run on this machine's CUDA GPU, or None if it can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        supported = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch
+        supported = torch.cuda.is_bf16_supported()
+    if supported:
+        return None
+    return f"the GPU ({torch.cuda.get_device_name(0)}) has no bf16 support"
+
+
+def _trainer_rules(ck: _Checker) -> None:
+    accel = ck.get("accelerator.accelerator")
+    if accel in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            build = " (this torch is a CPU build)" if torch.version.cuda is None else ""
+            ck.problem(
+                "accelerator.accelerator",
+                f"accelerator.accelerator={accel} but torch sees no CUDA GPU{build}; use "
+                "accelerator=cpu, or accelerator=auto to use a GPU only where there is one",
+            )
+    if not ck.has("trainer._target_"):
+        return
+    precision = ck.get("trainer.precision")
+    key = (
+        "accelerator.precision"
+        if ck.get("accelerator.precision") == precision
+        else "trainer.precision"
+    )
+    if isinstance(precision, str) and precision.startswith("bf16") and _device(ck) == "cuda":
+        reason = bf16_problem()
+        if reason:
+            ck.problem(key, f"{key}={precision} but {reason}; set {key}=16-mixed or {key}=32-true")
+    if str(precision) in ("16-mixed", "16") and _device(ck) == "cpu":
+        ck.problem(
+            key,
+            f"{key}={precision} needs a GPU: on the CPU use {key}=bf16-mixed or {key}=32-true",
+        )
+    epochs = ck.get("trainer.max_epochs")
+    if (
+        epochs is not _ABSENT
+        and epochs is not None
+        and not (_is_int(epochs) and (epochs >= 1 or epochs == -1))
+    ):
+        ck.problem(
+            "trainer.max_epochs",
+            f"trainer.max_epochs={_show(epochs)} must be >= 1 (or -1 for no limit)",
+        )
+    steps = ck.get("trainer.max_steps")
+    if steps is not _ABSENT and not (_is_int(steps) and (steps >= 1 or steps == -1)):
+        ck.problem(
+            "trainer.max_steps", f"trainer.max_steps={_show(steps)} must be >= 1 (or -1: no limit)"
+        )
+    _int_at_least(ck, "trainer.accumulate_grad_batches", 1, "set it to 1 for no accumulation")
+    _int_at_least(ck, "trainer.check_val_every_n_epoch", 1, "set it to 1", none_ok=True)
+    _int_at_least(ck, "trainer.log_every_n_steps", 1, "set it to e.g. 50")
+    clip = ck.get("trainer.gradient_clip_val")
+    if clip is not _ABSENT and clip is not None and not (_is_number(clip) and clip >= 0):
+        ck.problem(
+            "trainer.gradient_clip_val",
+            f"trainer.gradient_clip_val={_show(clip)} must be >= 0 (or null: no clipping)",
+        )
+    for stage in ("train", "val", "test"):
+        key = f"trainer.limit_{stage}_batches"
+        v = ck.get(key)
+        if v is _ABSENT or v is None:
             continue
-        try:
-            sig = inspect.signature(fn)
-            hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
-        except (TypeError, ValueError, NameError):
+        if not ((_is_int(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0)):
+            ck.problem(
+                key,
+                f"{key}={_show(v)} must be a number of batches (integer >= 0) or a fraction "
+                "in [0, 1]",
+            )
+
+
+def _callback_rules(ck: _Checker) -> None:
+    callbacks = ck.cfg.get("callbacks") if isinstance(ck.cfg, DictConfig) else None
+    if not isinstance(callbacks, DictConfig):
+        return
+    monitors = _logged_metrics(ck)
+    for name in callbacks:
+        path = f"callbacks.{name}"
+        if not str(ck.get(f"{path}._target_")).endswith("ModelCheckpoint"):
             continue
-        params = sig.parameters
-        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        for key in node:
-            if str(key).startswith("_"):
-                continue
-            if key not in params:
-                if not takes_kwargs:
-                    valid = ", ".join(k for k in params if k not in ("self", "args", "kwargs"))
-                    problems.append(f"{path}.{key}: unknown key for {target} (valid: {valid})")
-                continue
-            if OmegaConf.is_missing(node, key):
-                problems.append(f"{path}.{key} is required (???): set it on the command line")
-                continue
-            value = node._get_node(key)
-            if isinstance(value, (DictConfig,)):
-                continue
-            raw = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value._value()
-            if not _type_ok(raw, hints.get(key, inspect.Parameter.empty)):
-                want = hints.get(key)
-                want_s = getattr(want, "__name__", None) or str(want).replace("typing.", "")
-                problems.append(
-                    f"{path}.{key}={raw!r} has the wrong type: {target} expects {want_s}"
-                )
-    return problems
+        _int_at_least(ck, f"{path}.every_n_train_steps", 0, "set it to e.g. 100", none_ok=True)
+        _int_at_least(ck, f"{path}.save_top_k", -1, "use 1 (best only), k, or -1 (all)")
+        mode = ck.get(f"{path}.mode")
+        if mode is not _ABSENT and mode not in ("min", "max"):
+            ck.problem(f"{path}.mode", f"{path}.mode={_show(mode)} must be min or max")
+        monitor = ck.get(f"{path}.monitor")
+        if monitors and isinstance(monitor, str) and monitor not in monitors:
+            close = difflib.get_close_matches(monitor, sorted(monitors), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            ck.problem(
+                f"{path}.monitor",
+                f"{path}.monitor={monitor} is not a metric the model logs: {hint}"
+                f"choose one of {', '.join(sorted(monitors))}",
+            )
+
+
+def _logged_metrics(ck: _Checker) -> set[str]:
+    """The metric names tunelab's classifiers log (empty for other models)."""
+    target = ck.get("model._target_")
+    if not isinstance(target, str):
+        return set()
+    try:
+        from tunelab.models.classifier import ClassifierModule
+        from tunelab.models.metrics import build_metrics
+
+        if not issubclass(get_method(target), ClassifierModule):
+            return set()
+    except Exception:
+        return set()
+    n = ck.get("data.num_classes")
+    n = n if _is_int(n) and n >= 2 else 2
+    names = {"train/loss", "train/loss_step", "train/loss_epoch", "val/loss"}
+    for stage in ("train", "val"):
+        names |= set(build_metrics(n, f"{stage}/").keys())
+    return names
+
+
+def _entry_rules(ck: _Checker) -> None:
+    """The keys of the entry point itself: ``ckpt_path``, and predict's inputs."""
+    task = ck.get("task_name")
+    ckpt = ck.get("ckpt_path")
+    if isinstance(ckpt, str) and not Path(ckpt).is_file():
+        where = "is a folder" if Path(ckpt).is_dir() else "does not exist"
+        ck.problem(
+            "ckpt_path",
+            f"ckpt_path={ckpt} {where}; pass a checkpoint file, e.g. "
+            "outputs/<experiment>/<run>/checkpoints/best.ckpt",
+        )
+    elif ckpt is not _ABSENT and ckpt is not None and not isinstance(ckpt, str):
+        ck.problem("ckpt_path", f"ckpt_path={_show(ckpt)} must be the path of a checkpoint file")
+    if task != "predict":
+        return
+    text, source = ck.get("text"), ck.get("input")
+    if (text is None) == (source is None):
+        ck.problem(
+            "input",
+            'give exactly one of text="..." (a text to classify) or input=PATH (an image, a '
+            "folder of images, an .npz, or a text file with one text per line)",
+        )
+    elif source is not None and not Path(str(source)).exists():
+        ck.problem("input", f"input={source} does not exist; pass an existing file or folder")
+    _int_at_least(ck, "batch_size", 1, "set batch_size to a positive integer, e.g. 64")

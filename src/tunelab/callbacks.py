@@ -1,0 +1,132 @@
+"""Lightning callbacks of tunelab's own (built from ``conf/callbacks/*.yaml``)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss (or weights); the run stopped before saving it."""
+
+
+class FaultGuard(L.Callback):
+    """Stops a run at the first non-finite training loss, before any checkpoint can save it.
+
+    The loss is checked in ``on_train_batch_end``, which Lightning runs before the
+    ``ModelCheckpoint`` callbacks (it moves them to the end of the list), so ``last.ckpt`` keeps
+    the last good weights. Weights are checked again whenever a checkpoint is about to be
+    written: a step whose loss was finite can still leave infinite weights behind. When the run
+    fails for any reason, the exception is given a ``tunelab_context`` (stage, step, batch, batch
+    size) that the command line turns into advice (e.g. for out-of-memory errors).
+
+    Args:
+        check_every_n_steps: check the loss every N training batches (each check is one device
+            sync); checkpoints are always checked.
+    """
+
+    def __init__(self, check_every_n_steps: int = 1) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(
+                f"callbacks.fault_guard.check_every_n_steps={check_every_n_steps} must be >= 1"
+            )
+        self.check_every_n_steps = check_every_n_steps
+        self.last_saved_step: int | None = None
+
+    # ---- non-finite loss ---------------------------------------------------------------------
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if batch_idx % self.check_every_n_steps:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        if bool(torch.isfinite(loss.detach()).all()):  # device sync
+            return
+        value = loss.detach().float().cpu().reshape(-1)[0].item()
+        raise NonFiniteLossError(
+            f"the training loss is {value} at step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}, batch {batch_idx}); the run stopped before saving it. "
+            + self._kept(trainer)
+            + self._hint(trainer)
+        )
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        floats = [
+            (k, t)
+            for k, t in checkpoint.get("state_dict", {}).items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point()
+        ]
+        if floats:
+            finite = torch.stack([torch.isfinite(t).all() for _, t in floats])
+            if not bool(finite.all()):  # one device sync per checkpoint
+                first = floats[int((~finite).nonzero()[0])][0]
+                raise NonFiniteLossError(
+                    f"the weights became NaN or infinite (first: {first}) by step "
+                    f"{trainer.global_step} (epoch {trainer.current_epoch}); the run stopped "
+                    "instead of saving them. " + self._kept(trainer) + self._hint(trainer)
+                )
+        self.last_saved_step = trainer.global_step
+
+    def _kept(self, trainer: L.Trainer) -> str:
+        paths = []
+        for cb in trainer.checkpoint_callbacks:
+            for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")):
+                if p and Path(p).is_file() and p not in paths:
+                    paths.append(p)
+        if not paths:
+            return "No checkpoint had been saved yet. "
+        step = f" (last written at step {self.last_saved_step})" if self.last_saved_step else ""
+        return f"The checkpoints saved before are kept{step}: {', '.join(paths)}. "
+
+    @staticmethod
+    def _hint(trainer: L.Trainer) -> str:
+        lr = None
+        if trainer.optimizers:
+            lr = float(trainer.optimizers[0].param_groups[0].get("lr", math.nan))
+        hint = "Usually the learning rate is too high"
+        hint += f" (model.optimizer.lr; {lr:.3g} at this step)" if lr is not None else ""
+        hint += ": lower model.optimizer.lr, or set trainer.gradient_clip_val=1.0"
+        precision = str(trainer.precision)
+        if not precision.startswith(("32", "64")):
+            hint += (
+                f". Low precision can overflow too (trainer.precision={precision}): try "
+                "accelerator.precision=32-true"
+            )
+        run = trainer.default_root_dir
+        return hint + f". Then continue from the last checkpoint: resume={run} with the new value."
+
+    # ---- context for any failure -------------------------------------------------------------
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        stage = trainer.state.stage.value if trainer.state.stage is not None else ""
+        training = stage == "train"
+        dm = trainer.datamodule
+        key, size = "data.batch_size", getattr(dm, "batch_size", None)
+        if not training:
+            key, size = "data.eval_batch_size", getattr(dm, "eval_batch_size", size)
+        names = {"train": "training", "validate": "validating", "test": "testing"}
+        context = {
+            "stage": names.get(stage),
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "batch_idx": trainer.fit_loop.epoch_loop.batch_idx if training else None,
+            "batch_size_key": key,
+            "batch_size": size,
+        }
+        with contextlib.suppress(AttributeError):  # some builtin exceptions take no attributes
+            exception.tunelab_context = context  # type: ignore[attr-defined]

@@ -31,27 +31,62 @@ class ConfigInCheckpoint(L.Callback):
         checkpoint[KEY] = self.payload
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, require_config: bool = True, mmap: bool = False
+) -> dict[str, Any]:
     """Load a tunelab checkpoint on the CPU, with errors that say what is wrong.
+
+    Args:
+        path: the checkpoint file.
+        require_config: also require the model and data configs tunelab stores (any Lightning
+            checkpoint with a ``state_dict`` passes otherwise).
+        mmap: map the tensors instead of reading them (for looking at shapes only).
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a readable checkpoint, or not one written by tunelab.
+        ValueError: the file is empty, truncated, not a PyTorch checkpoint, or not a
+            Lightning / tunelab checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(str(p) for p in path.glob("**/*.ckpt"))[:3]
+        hint = f" such as {', '.join(inside)}" if inside else ""
+        raise ValueError(f"ckpt_path={path} is a folder; pass a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (check ckpt_path)")
+    fix = "use another checkpoint, e.g. checkpoints/best.ckpt or checkpoints/last.ckpt of the run"
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): its save was cut short; {fix}")
+    with open(path, "rb") as f:
+        head = f.read(4)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)  # legacy format
     except Exception as err:  # torch raises many types for corrupt files
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if head == b"PK\x03\x04":  # torch.save writes a zip archive
+            raise ValueError(
+                f"checkpoint {path} is truncated or corrupt ({size} bytes; {reason}); the copy "
+                f"or the save that wrote it was probably cut short; {fix}"
+            ) from err
         raise ValueError(
-            f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(err).__name__}: "
-            f"{err}); use another checkpoint, e.g. checkpoints/best.ckpt or last.ckpt"
+            f"{path} is not a PyTorch checkpoint (it starts with {head!r}; {reason}); pass a "
+            "checkpoint written by tunelab-train, e.g. checkpoints/best.ckpt of a run directory"
         ) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or KEY not in ckpt:
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(
-            f"checkpoint {path} was not written by tunelab-train (no 'state_dict' and "
-            f"'{KEY}' entries); pass a checkpoint from a tunelab run directory"
+            f"{path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict'); pass a "
+            "checkpoint from a tunelab run directory (checkpoints/best.ckpt or last.ckpt)"
+        )
+    if require_config and KEY not in ckpt:
+        raise ValueError(
+            f"checkpoint {path} was not written by tunelab-train (no '{KEY}' entry with the "
+            "model and data configs); pass a checkpoint from a tunelab run directory"
         )
     return ckpt
 
@@ -61,10 +96,8 @@ def stored_configs(ckpt: dict[str, Any]) -> tuple[DictConfig, DictConfig]:
     return OmegaConf.create(ckpt[KEY]["model"]), OmegaConf.create(ckpt[KEY]["data"])
 
 
-def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], source: str | Path) -> None:
-    """Load a checkpoint's weights, naming the first mismatching keys if the architecture differs."""
-    state = ckpt["state_dict"]
-    own = model.state_dict()
+def state_mismatch(own: dict[str, Any], state: dict[str, Any]) -> list[str]:
+    """The first differences between a model's state dict and a checkpoint's (empty: they fit)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [
@@ -72,20 +105,82 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], source: str | Pat
         for k, v in own.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing in checkpoint: {missing[:5]}")
-        if unexpected:
-            parts.append(f"not in model: {unexpected[:5]}")
-        if shapes:
-            parts.append(f"shape differs: {shapes[:5]}")
+    parts = []
+    if missing:
+        parts.append(f"missing in checkpoint: {missing[:5]}")
+    if unexpected:
+        parts.append(f"not in model: {unexpected[:5]}")
+    if shapes:
+        parts.append(f"shape differs: {shapes[:5]}")
+    return parts
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], source: str | Path) -> None:
+    """Load a checkpoint's weights, naming the first mismatching keys if the architecture differs."""
+    parts = state_mismatch(model.state_dict(), ckpt["state_dict"])
+    if parts:
         raise ValueError(
             f"checkpoint {source} does not match the model built from its config ("
             + "; ".join(parts)
-            + ")"
+            + "); the checkpoint was edited or written by another tunelab version"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(ckpt["state_dict"])
+
+
+def check_checkpoint_fits(path: str | Path, model_cfg: DictConfig) -> None:
+    """Check, before training starts, that ``ckpt_path`` can be loaded into the configured model.
+
+    The checkpoint is memory-mapped and the model is built on the meta device (no weights are
+    read or allocated), so the check costs little even for large models.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_checkpoint`; or the architectures differ
+            (the first differing keys and config values are named).
+    """
+    ckpt = load_checkpoint(path, require_config=False, mmap=True)
+    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    if "load_weights" in cfg.get("net", {}):
+        cfg.net.load_weights = False
+    if "compile" in cfg:
+        cfg.compile = False
+    try:
+        with torch.device("meta"):
+            model = instantiate(cfg, _convert_="partial")
+    except Exception:  # a model that cannot be built on the meta device: Lightning will check
+        return
+    parts = state_mismatch(model.state_dict(), ckpt["state_dict"])
+    if not parts:
+        return
+    differs = ""
+    if KEY in ckpt:
+        then = _flatten(ckpt[KEY]["model"], "model")
+        now = _flatten(OmegaConf.to_container(cfg), "model")
+        keys = [
+            k for k in now if k in then and then[k] != now[k] and not k.endswith("load_weights")
+        ]
+        keys = [k for k in keys if k.split(".")[-1] not in ("lr", "weight_decay", "compile")]
+        if keys:
+            differs = (
+                " Config values that differ: "
+                + "; ".join(f"{k}: checkpoint {then[k]!r}, now {now[k]!r}" for k in keys[:5])
+                + "."
+            )
+    raise ValueError(
+        f"ckpt_path={path} does not fit the model of this config ("
+        + "; ".join(parts)
+        + ")."
+        + differs
+        + " Train with the config the checkpoint was made with, or drop ckpt_path to start fresh"
+    )
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: node}
 
 
 def model_from_checkpoint(

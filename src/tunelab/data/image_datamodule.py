@@ -159,17 +159,32 @@ class ImageDataModule(L.LightningDataModule):
         self.label_names = names or self.label_names
         return splits
 
+    def _where(self, split: str) -> str:
+        what = self.hub_name if self.source == "hub" else self.path or self.source
+        return f"{what} ({split} split)"
+
     def _check(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
         expected = (self.in_channels, self.image_size, self.image_size)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(
-                f"{self.source} {split} images are {tuple(x.shape[1:])} (C, H, W) but the config "
+                f"{self._where(split)}: images are {tuple(x.shape[1:])} (C, H, W) but the config "
                 f"says {expected}; set data.in_channels / data.image_size to match"
             )
-        if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+        if len(x) != len(y):
             raise ValueError(
-                f"{self.source} {split} labels span [{y.min()}, {y.max()}] but data.num_classes="
-                f"{self.num_classes}; labels must lie in [0, num_classes)"
+                f"{self._where(split)}: {len(x)} images but {len(y)} labels; they must pair up"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+            first = int(np.flatnonzero((y < 0) | (y >= self.num_classes))[0])
+            raise ValueError(
+                f"{self._where(split)}: labels span [{y.min()}, {y.max()}] (first bad: index "
+                f"{first}, label {y[first]}) but data.num_classes={self.num_classes}; labels must "
+                "lie in [0, num_classes)"
+            )
+        if split == "train" and len(np.unique(y)) < 2:
+            raise ValueError(
+                f"{self._where(split)} has one class only ({len(y)} examples): a classifier "
+                "needs examples of at least two classes; check the data"
             )
 
     def setup(self, stage: str | None = None) -> None:

@@ -6,12 +6,17 @@ same decoding and resizing as training did.
 
 from __future__ import annotations
 
+import logging
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tunelab.data.idx import read_idx
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -59,10 +64,20 @@ def read_fashion_mnist(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _read_class_folders(root: Path, image_size: int, in_channels: int, class_names: list[str]):
+def _read_class_folders(
+    root: Path, image_size: int, in_channels: int, class_names: list[str], required: bool
+):
     images, labels = [], []
     for label, name in enumerate(class_names):
         files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            what = "is missing" if not (root / name).is_dir() else "has no image files"
+            if required:
+                raise ValueError(
+                    f"class folder {root / name} {what} ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                    "add images of that class, or remove it from data.label_names"
+                )
+            log.warning("class folder %s %s: that class has no examples here", root / name, what)
         for f in files:
             images.append(read_image_file(f, image_size, in_channels))
             labels.append(label)
@@ -88,7 +103,7 @@ def read_image_folder(
     if not names:
         raise ValueError(f"{split_roots['train']} has no class subfolders (one per class expected)")
     out = {
-        split: _read_class_folders(r, image_size, in_channels, names)
+        split: _read_class_folders(r, image_size, in_channels, names, required=split == "train")
         for split, r in split_roots.items()
     }
     return out, list(names)
@@ -102,7 +117,7 @@ def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path} (set data.path)")
-    with np.load(path) as z:
+    with _open_npz(path) as z:
         keys = set(z.files)
         pairs = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
         if "x" in keys and "y" in keys:
@@ -117,6 +132,20 @@ def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             f"or 'x' and 'y'; found {sorted(keys)}"
         )
     return out
+
+
+def _open_npz(path: Path) -> Any:
+    """``np.load`` of an ``.npz``, with an error that names the file when it is not one."""
+    try:
+        z = np.load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path} is not a readable .npz file ({type(err).__name__}: {err}); write it with "
+            "numpy.savez(path, x_train=..., y_train=...)"
+        ) from err
+    if not hasattr(z, "files"):  # np.save wrote a single array
+        raise ValueError(f"{path} holds a single array, not an .npz archive; use numpy.savez")
+    return z
 
 
 def to_nchw(x: np.ndarray, where: object) -> np.ndarray:
@@ -172,7 +201,7 @@ def read_predict_inputs(
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path) as z:
+        with _open_npz(path) as z:
             key = next((k for k in ("x", "x_test", "images") if k in z.files), None)
             if key is None:
                 raise ValueError(

@@ -61,6 +61,8 @@ class TextDataModule(L.LightningDataModule):
         pin_memory: pin host memory for faster copies to a GPU.
         data_dir: where the embedded corpus is stored.
         cache_dir: where tokenized splits are cached.
+        decode_errors: for text files that are not UTF-8: ``strict`` stops with the file and
+            line, ``replace`` replaces the undecodable bytes with U+FFFD and logs how many.
     """
 
     def __init__(
@@ -88,10 +90,16 @@ class TextDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         data_dir: str = "data",
         cache_dir: str = "data/cache",
+        decode_errors: str = "strict",
     ) -> None:
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"data.source={source!r} is not one of {SOURCES}")
+        if decode_errors not in text_sources.DECODE_ERRORS:
+            raise ValueError(
+                f"data.decode_errors={decode_errors!r} is not one of {text_sources.DECODE_ERRORS}"
+            )
+        self.decode_errors = decode_errors
         self.tokenizer_name = tokenizer
         self.source = source
         self.path = path
@@ -160,12 +168,17 @@ class TextDataModule(L.LightningDataModule):
             if not self.hub_name:
                 raise ValueError("data.source=hub needs data.hub_name (e.g. stanfordnlp/imdb)")
             splits, names = text_sources.load_hub_text(
-                self.hub_name, self.text_column, self.label_column, str(self.cache_dir / "hf")
+                self.hub_name,
+                self.text_column,
+                self.label_column,
+                str(self.cache_dir / "hf"),
+                num_classes=self.num_classes,
             )
         elif self.path is None:
             raise ValueError(f"data.source={self.source} needs data.path (a file or folder)")
         elif self.source == "aclimdb":
-            splits, names = text_sources.read_aclimdb(Path(self.path)), None
+            splits = text_sources.read_aclimdb(Path(self.path), self.decode_errors)
+            names = None
         else:
             splits, names = text_sources.read_table_files(
                 Path(self.path),
@@ -173,12 +186,38 @@ class TextDataModule(L.LightningDataModule):
                 self.label_column,
                 self.label_names,
                 str(self.cache_dir / "hf"),
+                decode_errors=self.decode_errors,
+                num_classes=self.num_classes,
             )
         if names and self.label_names and list(names) != self.label_names:
             log.info("label names from the data: %s", names)
         if names:
             self.label_names = list(names)
+        if self.label_names and len(self.label_names) != self.num_classes:
+            raise ValueError(
+                f"{self._where()}: the data has {len(self.label_names)} classes "
+                f"{self.label_names} but data.num_classes={self.num_classes}; set "
+                f"data.num_classes={len(self.label_names)} (or fix data.label_names)"
+            )
+        classes = set(splits["train"]["label"])
+        if len(classes) == 1:
+            (only,) = classes
+            names = self.label_names or []
+            name = names[only] if 0 <= only < len(names) else only
+            raise ValueError(
+                f"{self._where('train')} has one class only ({name!r} in all "
+                f"{len(splits['train'])} rows): a classifier needs examples of at least two "
+                "classes; check the file, data.label_column and data.label_names"
+            )
         return splits
+
+    def _where(self, split: str | None = None) -> str:
+        """The data source, for messages."""
+        what = {
+            "embedded": f"the embedded {self.domain} corpus",
+            "hub": f"Hub dataset {self.hub_name}",
+        }.get(self.source, str(self.path))
+        return f"{what} ({split} split)" if split else what
 
     def _make_splits(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
         train = raw["train"]
@@ -207,13 +246,43 @@ class TextDataModule(L.LightningDataModule):
     def _check_labels(self, name: str, ds: Dataset) -> None:
         labels = ds["label"]
         if not len(labels):
-            raise ValueError(f"the {name} split is empty ({self.source} {self.path or ''})")
+            raise ValueError(
+                f"{self._where(name)} is empty; give it data (or lower data.val_size / "
+                "data.test_size)"
+            )
         lo, hi = min(labels), max(labels)
         if lo < 0 or hi >= self.num_classes:
             raise ValueError(
-                f"{name} labels span [{lo}, {hi}] but data.num_classes={self.num_classes}; "
-                "labels must lie in [0, num_classes)"
+                f"{self._where(name)}: labels span [{lo}, {hi}] but data.num_classes="
+                f"{self.num_classes}; labels must lie in [0, num_classes)"
             )
+        if name != "train" and len(set(labels)) < 2:
+            log.warning(
+                "%s has one class only (%d rows): its precision, recall and F1 say little",
+                self._where(name),
+                len(labels),
+            )
+
+    def _warn_overlap(self, splits: dict[str, Dataset]) -> None:
+        """Warn (with counts) when validation or test examples also appear in train."""
+        train = splits["train"]
+        texts = set(train["text"])
+        ids = set(train["id"]) if "id" in train.column_names else set()
+        for name in ("val", "test"):
+            ds = splits[name]
+            same_text = sum(t in texts for t in ds["text"])
+            same_id = sum(i in ids for i in ds["id"]) if ids and "id" in ds.column_names else 0
+            if same_text or same_id:
+                log.warning(
+                    "%s: %d of %d %s texts%s also appear in the train split; %s metrics will be "
+                    "optimistic. Remove the duplicates from the data to measure generalization.",
+                    self._where(),
+                    same_text,
+                    len(ds),
+                    name,
+                    f" (and {same_id} ids)" if same_id else "",
+                    name,
+                )
 
     # ---- tokenization with a cache ---------------------------------------------------------
     def _tokenizer_fingerprint(self) -> str:
@@ -266,6 +335,7 @@ class TextDataModule(L.LightningDataModule):
         splits = self._make_splits(raw)
         for name, ds in splits.items():
             self._check_labels(name, ds)
+        self._warn_overlap(splits)
         self.raw_splits = splits
         prints = {name: _data_fingerprint(ds) for name, ds in splits.items()}
         self.fingerprint = hashlib.sha256(str(sorted(prints.items())).encode()).hexdigest()[:16]

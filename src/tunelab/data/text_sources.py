@@ -8,6 +8,8 @@ IMDB distribution (``aclImdb/``); CSV, JSON Lines and Parquet files; the Hugging
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -186,14 +188,72 @@ def load_vader_domain(domain: str, data_dir: Path) -> Dataset:
     return Dataset.from_dict({"text": texts, "label": labels, "id": ids}, features=_features(True))
 
 
+# --- Decoding -----------------------------------------------------------------------------
+
+DECODE_ERRORS = ("strict", "replace")
+
+
+def decode_utf8(raw: bytes, source: object, errors: str = "strict") -> tuple[str, int]:
+    """Decode UTF-8 bytes; name the first bad line, or replace bad bytes and count them.
+
+    Args:
+        raw: the file's bytes.
+        source: what to call the file in messages (its path).
+        errors: ``strict`` (a ``ValueError`` at the first undecodable byte) or ``replace``
+            (each undecodable sequence becomes U+FFFD; config key ``data.decode_errors``).
+
+    Returns:
+        The text and the number of replaced byte sequences.
+    """
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError as err:
+        if errors != "replace":
+            line = raw.count(b"\n", 0, err.start) + 1
+            raise ValueError(
+                f"{source}, line {line}: not UTF-8 text (byte {raw[err.start : err.start + 1]!r} at "
+                f"offset {err.start}); re-save the file as UTF-8, or set "
+                f"data.decode_errors=replace to replace undecodable bytes with U+FFFD"
+            ) from None
+    text = raw.decode("utf-8", errors="replace")
+    return text, text.count("\ufffd") - raw.count("\ufffd".encode())
+
+
+def _utf8_table(file: Path, errors: str, scratch: Path) -> Path:
+    """``file`` if it is UTF-8; with ``errors=replace``, a decoded UTF-8 copy of it."""
+    raw = file.read_bytes()
+    text, replaced = decode_utf8(raw, file, errors)
+    if not replaced:
+        return file
+    lines = [n for n, line in enumerate(text.split("\n"), start=1) if "\ufffd" in line]
+    log.warning(
+        "%s: replaced %d undecodable byte sequence(s) with U+FFFD on %d line(s), first on line "
+        "%d (data.decode_errors=replace)",
+        file,
+        replaced,
+        len(lines),
+        lines[0] if lines else 0,
+    )
+    # Named by content, so the datasets cache keeps working across runs.
+    target = scratch / "decoded" / f"{hashlib.sha256(raw).hexdigest()[:16]}-{file.name}"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    return target
+
+
 # --- IMDB (aclImdb) -----------------------------------------------------------------------
 
 
-def read_aclimdb(path: Path) -> dict[str, Dataset]:
+def read_aclimdb(path: Path, decode_errors: str = "strict") -> dict[str, Dataset]:
     """Read the original IMDB review distribution (Maas et al., 2011).
 
     Args:
         path: The ``aclImdb`` folder or its parent. ``unsup/`` is ignored.
+        decode_errors: ``strict`` or ``replace``, for files that are not UTF-8 (see
+            :func:`decode_utf8`).
 
     Returns:
         ``{"train": ..., "test": ...}`` with columns ``text``, ``label`` (neg=0, pos=1) and
@@ -204,8 +264,11 @@ def read_aclimdb(path: Path) -> dict[str, Dataset]:
         ValueError: Such a folder has no ``*.txt`` files, or a file is not UTF-8.
     """
     path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"IMDB folder {path} does not exist; check data.path.")
     root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
     splits = {}
+    replaced = files_replaced = 0
     for split in ("train", "test"):
         columns: dict[str, list] = {"text": [], "label": [], "id": []}
         for label, polarity in enumerate(("neg", "pos")):  # "neg" < "pos": rows sorted by id
@@ -219,13 +282,21 @@ def read_aclimdb(path: Path) -> dict[str, Dataset]:
             if not files:
                 raise ValueError(f"IMDB folder {folder} has no *.txt reviews; re-unpack it.")
             for file in files:
-                try:
-                    columns["text"].append(file.read_text(encoding="utf-8"))
-                except UnicodeDecodeError as err:
-                    raise ValueError(f"{file} is not UTF-8 ({err}); re-unpack it.") from err
+                text, n = decode_utf8(file.read_bytes(), file, decode_errors)
+                replaced += n
+                files_replaced += bool(n)
+                columns["text"].append(text)
                 columns["label"].append(label)
                 columns["id"].append(file.relative_to(root).as_posix())
         splits[split] = Dataset.from_dict(columns, features=_features(True))
+    if replaced:
+        log.warning(
+            "%s: replaced %d undecodable byte sequence(s) with U+FFFD in %d file(s) "
+            "(data.decode_errors=replace)",
+            root,
+            replaced,
+            files_replaced,
+        )
     return splits
 
 
@@ -238,6 +309,8 @@ def read_table_files(
     label_column: str = "label",
     label_names: list[str] | None = None,
     cache_dir: str | None = None,
+    decode_errors: str = "strict",
+    num_classes: int | None = None,
 ) -> tuple[dict[str, Dataset], list[str] | None]:
     """Read CSV, JSON Lines (``.jsonl``/``.json``) or Parquet files with the `datasets` loaders.
 
@@ -250,6 +323,10 @@ def read_table_files(
         label_names: Class names in label order (``data.label_names``). When None and the
             labels are strings, the sorted unique labels of all splits are used.
         cache_dir: Cache folder for `datasets.load_dataset` (its default when None).
+        decode_errors: ``strict`` or ``replace``, for CSV and JSON files that are not UTF-8
+            (see :func:`decode_utf8`).
+        num_classes: With integer labels and no ``label_names``, labels must lie in
+            ``[0, num_classes)`` (``data.num_classes``).
 
     Returns:
         The splits (columns ``text``, ``label``, plus ``id`` if the files have one) and the
@@ -257,8 +334,8 @@ def read_table_files(
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or a folder has no split files.
-        ValueError: Unsupported file type, a missing column, or a bad label (named by file
-            and row).
+        ValueError: Unsupported file type, an empty or malformed file, text that is not UTF-8,
+            a missing column, or a bad label (named by file and line or row).
     """
     path = Path(path)
     if path.is_file():
@@ -279,8 +356,14 @@ def read_table_files(
                 f"{path} has no train.*, validation.* (or val.*) or test.* file with a suffix in "
                 f"{sorted(_TABLE_BUILDERS)}."
             )
+        if "train" not in files:
+            raise FileNotFoundError(
+                f"{path} has {', '.join(str(f.name) for f in files.values())} but no train.* "
+                "file; add one (the training split is required)."
+            )
     else:
         raise FileNotFoundError(f"Data path {path} does not exist; check data.path.")
+    scratch = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "tunelab"
     raw = {}
     for split, file in files.items():
         builder = _TABLE_BUILDERS.get(file.suffix.lower())
@@ -288,11 +371,46 @@ def read_table_files(
             raise ValueError(
                 f"{file}: unsupported file type; use one of {sorted(_TABLE_BUILDERS)}."
             )
-        ds = datasets.load_dataset(
-            builder, data_files=str(file), split="train", cache_dir=cache_dir
-        )
+        if file.stat().st_size == 0:
+            raise ValueError(f"{file} is empty (0 bytes); fill it or remove it.")
+        readable = file if builder == "parquet" else _utf8_table(file, decode_errors, scratch)
+        try:
+            ds = datasets.load_dataset(
+                builder, data_files=str(readable), split="train", cache_dir=cache_dir
+            )
+        except Exception as err:  # datasets wraps pandas / pyarrow errors of many types
+            raise ValueError(_unreadable(file, readable, builder, err)) from err
+        if len(ds) == 0:
+            raise ValueError(f"{file} has no rows (a header only?); add data or remove it.")
         raw[split] = (str(file), ds)
-    return _standardize(raw, text_column, label_column, label_names)
+    return _standardize(raw, text_column, label_column, label_names, num_classes)
+
+
+def _unreadable(file: Path, readable: Path, builder: str, err: BaseException) -> str:
+    """Why a table file could not be read, with the line of the first bad JSON record."""
+    root = err
+    for _ in range(20):  # the innermost error of the chain says what is wrong
+        inner = root.__cause__ or root.__context__
+        if inner is None:
+            break
+        root = inner
+    reason = (
+        f"{type(root).__name__}: {str(root).strip().splitlines()[0] if str(root).strip() else ''}"
+    )
+    kind = {"csv": "CSV", "json": "JSON Lines", "parquet": "Parquet"}[builder]
+    if builder == "json":
+        with open(readable, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as bad:
+                    return (
+                        f"{file}, line {number}: not valid JSON ({bad.msg}, column {bad.colno}); "
+                        "a JSON Lines file holds one JSON object per line. Fix the line."
+                    )
+    return f"{file} cannot be read as {kind} ({reason}); check the file's format."
 
 
 def load_hub_text(
@@ -300,6 +418,7 @@ def load_hub_text(
     text_column: str = "text",
     label_column: str = "label",
     cache_dir: str | None = None,
+    num_classes: int | None = None,
 ) -> tuple[dict[str, Dataset], list[str] | None]:
     """Load a text-classification dataset from the Hugging Face Hub (e.g. ``stanfordnlp/imdb``).
 
@@ -311,6 +430,7 @@ def load_hub_text(
         text_column: Column holding the text (``data.text_column``).
         label_column: Column holding the label (``data.label_column``).
         cache_dir: Cache folder for `datasets.load_dataset`.
+        num_classes: Integer labels must lie in ``[0, num_classes)``.
 
     Returns:
         The splits and the label names, as for `read_table_files`.
@@ -334,7 +454,7 @@ def load_hub_text(
         for split in ("train", "validation", "test")
         if split in loaded
     }
-    return _standardize(raw, text_column, label_column, None)
+    return _standardize(raw, text_column, label_column, None, num_classes)
 
 
 def _standardize(
@@ -342,6 +462,7 @@ def _standardize(
     text_column: str,
     label_column: str,
     label_names: list[str] | None,
+    num_classes: int | None = None,
 ) -> tuple[dict[str, Dataset], list[str] | None]:
     """Rename columns to ``text``/``label`` (+ ``id``) and turn labels into class indices."""
     if text_column == label_column:
@@ -375,7 +496,7 @@ def _standardize(
         names = class_names[split]
         if names is not None and names != label_names:  # match ClassLabel values by name
             values[split] = [None if v is None else names[v] for v in values[split]]
-        labels = _label_ids(values[split], label_names, source)
+        labels = _label_ids(values[split], label_names, source, num_classes)
         if ds.data.column(text_column).null_count:
             row = ds.data.column(text_column).to_pylist().index(None) + 1
             raise ValueError(f"{source}, row {row}: the text is empty; fill it or drop the row.")
@@ -388,7 +509,9 @@ def _standardize(
     return out, label_names
 
 
-def _label_ids(values: list, label_names: list[str] | None, source: str) -> list[int]:
+def _label_ids(
+    values: list, label_names: list[str] | None, source: str, num_classes: int | None = None
+) -> list[int]:
     """Map labels to class indices, naming the first bad row (counted from 1, no header)."""
     index = {name: i for i, name in enumerate(label_names or [])}
     ids = []
@@ -396,6 +519,11 @@ def _label_ids(values: list, label_names: list[str] | None, source: str) -> list
         if isinstance(value, str) and value in index:
             ids.append(index[value])
         elif isinstance(value, int) and value >= 0 and (label_names is None or value < len(index)):
+            if label_names is None and num_classes is not None and value >= num_classes:
+                raise ValueError(
+                    f"{source}, row {row}: label {value} is outside [0, {num_classes}) "
+                    f"(data.num_classes={num_classes}). Fix the row, or set data.num_classes."
+                )
             ids.append(value)
         elif isinstance(value, str):
             raise ValueError(

@@ -15,18 +15,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.checkpoint import load_checkpoint, model_from_checkpoint, stored_configs
+from tunelab.cli import run_cli, run_task
 from tunelab.config import config_dir
 from tunelab.train import final_metrics, instantiate_dict, print_metrics
 from tunelab.utils.io import atomic_write_json
 from tunelab.utils.run_record import RunRecord, run_recorded
+from tunelab.validation import validate_config
 
 
 def _evaluate(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float]:
+    validate_config(cfg)
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    model_cfg, data_cfg = stored_configs(ckpt)
+    data_cfg = OmegaConf.merge(data_cfg, cfg.get("data") or {})
+    validate_config(cfg, model=model_cfg, data=data_cfg)  # the checkpoint's, with overrides
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.accelerator.matmul_precision)
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    _, data_cfg = stored_configs(ckpt)
-    data_cfg = OmegaConf.merge(data_cfg, cfg.get("data") or {})
     model = model_from_checkpoint(ckpt, cfg.ckpt_path, compile=cfg.accelerator.compile)
     datamodule = instantiate(data_cfg, _convert_="partial")
     trainer: L.Trainer = instantiate(
@@ -49,8 +53,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+def _hydra_main(cfg: DictConfig) -> None:
+    run_task(evaluate, cfg)
+
+
+def main() -> None:
+    run_cli(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tunelab.checkpoint import load_checkpoint, model_from_checkpoint, stored_configs
+from tunelab.cli import run_cli, run_task
 from tunelab.config import config_dir
 from tunelab.data.image_datamodule import ImageDataModule
 from tunelab.data.images import read_predict_inputs
 from tunelab.data.text_datamodule import TextDataModule
+from tunelab.validation import validate_config
 
 
 class Predictor:
@@ -129,8 +131,7 @@ def predict(
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """The CLI's work: read the inputs named in ``cfg`` and return the predictions."""
-    if (cfg.get("text") is None) == (cfg.get("input") is None):
-        raise ValueError('give exactly one of text="..." or input=PATH')
+    validate_config(cfg)  # exactly one of text/input, files exist, batch_size > 0, ...
     device = "cuda" if cfg.accelerator.accelerator in ("gpu", "cuda") else "cpu"
     predictor = Predictor(cfg.ckpt_path, device=device, batch_size=cfg.batch_size)
     if cfg.get("text") is not None:
@@ -143,7 +144,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
-    for row in run(cfg):
+    for row in run_task(run, cfg):
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
@@ -171,9 +172,13 @@ def quote_free_text(args: list[str]) -> list[str]:
     return out
 
 
-def main() -> None:
+def _main() -> None:
     sys.argv[1:] = quote_free_text(sys.argv[1:])
     _hydra_main()
+
+
+def main() -> None:
+    run_cli(_main)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.checkpoint import ConfigInCheckpoint
+from tunelab.checkpoint import ConfigInCheckpoint, check_checkpoint_fits
+from tunelab.cli import run_cli, run_task
 from tunelab.config import config_dir
 from tunelab.resume import resume_overrides, resumed_config
 from tunelab.slurm import SlurmRequeue, in_slurm_job, requeued_checkpoint
 from tunelab.utils.io import atomic_write_json
 from tunelab.utils.run_record import RunRecord, hydra_overrides, run_recorded
+from tunelab.validation import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float]:
+    validate_config(cfg)  # every config problem at once, before anything heavy
+    if cfg.get("ckpt_path"):
+        check_checkpoint_fits(cfg.ckpt_path, cfg.model)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.accelerator.matmul_precision)
 
@@ -124,13 +129,17 @@ def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    metrics = run_task(train, cfg)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
 
-def main() -> None:
+def _main() -> None:
     sys.argv[1:] = resume_overrides(sys.argv[1:])
     _hydra_main()
+
+
+def main() -> None:
+    run_cli(_main)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tunelab.checkpoint import ConfigInCheckpoint, check_checkpoint_fits
 from tunelab.cli import run_cli, run_task
 from tunelab.config import config_dir
+from tunelab.pruning import pruning_callbacks
 from tunelab.resume import resume_overrides, resumed_config
 from tunelab.slurm import SlurmRequeue, in_slurm_job, requeued_checkpoint
 from tunelab.utils.io import atomic_write_json
@@ -67,6 +68,7 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     model: L.LightningModule = instantiate(cfg.model, _convert_="partial")
     callbacks = instantiate_dict(cfg.get("callbacks"))
     callbacks.append(ConfigInCheckpoint(cfg.model, cfg.data))
+    callbacks.extend(pruning_callbacks(cfg))
     ckpt_path = cfg.get("ckpt_path")
     if in_slurm_job():
         callbacks.append(

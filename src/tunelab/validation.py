@@ -102,6 +102,8 @@ def _targets(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
         if "_target_" in node:
             yield path, node
         for key in node:
+            if not path and key == "hydra":
+                continue  # Hydra's own settings, when a composed config still has them
             child = node._get_node(key)
             if child is None or OmegaConf.is_missing(node, key) or child._is_interpolation():
                 continue
@@ -498,10 +500,24 @@ def _position_limit(ck: _Checker, pretrained: str, overrides: dict) -> int | Non
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except Exception:  # a hub model not cached yet: instantiating downloads (or explains) it
+    except OSError:  # not in the cache: instantiating downloads it, unless downloads are off
+        offline = [k for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _env_on(k)]
+        if offline and not local.exists():
+            ck.problem(
+                "model.net.pretrained",
+                f"model.net.pretrained={pretrained} is not in the Hugging Face cache and "
+                f"{offline[0]}=1 forbids downloading it; download it once with network access "
+                "(unset the variable), or point model.net.pretrained at a local model folder",
+            )
+        return None
+    except Exception:  # e.g. a model type this transformers does not know: let it explain
         return None
     limit = overrides.get("max_position_embeddings", getattr(config, "max_position_embeddings", 0))
     return limit if _is_int(limit) and limit > 0 else None
+
+
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _model_rules(ck: _Checker) -> None:

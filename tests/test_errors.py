@@ -27,7 +27,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REPO, compose_cfg, shared_data_dir, tiny_text_overrides
+from tests.helpers import (
+    FASHION_MNIST,
+    REPO,
+    compose_cfg,
+    shared_data_dir,
+    tiny_text_overrides,
+)
 from tunelab.checkpoint import load_checkpoint
 from tunelab.cli import describe
 from tunelab.validation import ConfigError, validate_config
@@ -256,7 +262,7 @@ CASES = [
     Case("one_class", "train", lambda i, t: ["data.num_classes=1"],
          ("data.num_classes=1", "at least 2 classes")),
     Case("problems_reported_together", "train",
-         lambda i, t: ["data.batch_size=0", "model.optimizer.lr=-1", "data.num_workers=two",
+         lambda i, t: [*tiny_cnn(i.npz), "data.batch_size=0", "model.optimizer.lr=-1", "data.num_workers=two",
                        "trainer.max_epochs=0", "+data.batch_sizee=3",
                        "callbacks.model_checkpoint.monitor=val/accuracy"],
          ("6 config problems", "data.batch_size=0", "model.optimizer.lr=-1 must be a positive",
@@ -773,11 +779,30 @@ def test_bf16_on_a_gpu_without_it_is_a_config_error(compose_train, monkeypatch):
     ]
 
 
+def test_offline_hub_model_not_cached_is_a_config_error(compose_train, monkeypatch):
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained("bert-base-uncased", local_files_only=True)
+        pytest.skip("bert-base-uncased is in this machine's Hugging Face cache")
+    except OSError:
+        pass
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_train("experiment=bert_imdb"))
+    assert info.value.problems[0].startswith(
+        "model.net.pretrained=bert-base-uncased is not in the Hugging Face cache and "
+        "HF_HUB_OFFLINE=1 forbids downloading it"
+    )
+
+
 def test_every_experiment_validates(compose_train, tiny_bert_dir, tmp_path):
     """No false alarms: the shipped configs pass (hub models and data replaced by local ones)."""
     npz = write_npz(tmp_path / "cifar.npz")
     for name in ("cnn_fashion_mnist", "cnn_cifar10", "bert_embedded", "bert_imdb"):
         extra = []
+        if name == "cnn_fashion_mnist" and not FASHION_MNIST.is_dir():
+            continue
         if name == "cnn_cifar10":
             extra = ["data.source=npz", f"data.path={npz}"]
         if name.startswith("bert"):

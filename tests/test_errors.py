@@ -825,3 +825,13 @@ def test_describe_tells_user_errors_from_bugs(tmp_path):
     wrapped = InstantiationException("Error in call to target")
     wrapped.__cause__ = mine.value
     assert describe(wrapped) == (str(mine.value), 2)
+
+
+def test_config_error_survives_pickling():
+    import pickle
+
+    from tunelab.validation import ConfigError
+
+    err = pickle.loads(pickle.dumps(ConfigError(["data.batch_size=0 must be > 0", "b"])))
+    assert err.problems == ["data.batch_size=0 must be > 0", "b"]
+    assert str(err).startswith("2 config problems")

@@ -29,6 +29,7 @@ def _stand_ins(name: str, tmp_path, tiny_bert_dir, sentiment_csv) -> list[str]:
             f"data.path={sentiment_csv}",
             "data.text_column=review",
             "data.label_column=sentiment",
+            "data.max_length=128",  # the tiny BERT has 128 positions (bert_imdb asks for 512)
         ]
     return []
 

@@ -115,6 +115,7 @@ def _kill_and_resume(tmp_path: Path, overrides: list[str], total_steps: int, sig
     # SIGTERM lets the run record that it was stopped; SIGKILL leaves no chance to.
     assert info["status"] == ("interrupted" if sig == signal.SIGTERM else "running")
     assert not (killed / "metrics.json").exists()
+    logged_before = (killed / "csv" / "metrics.csv").is_file()  # nothing if killed early
     resumed = _train(tmp_path / "elsewhere", [f"resume={killed}"])
     _finish(resumed)
     info = json.loads((killed / "run_info.json").read_text())
@@ -122,7 +123,7 @@ def _kill_and_resume(tmp_path: Path, overrides: list[str], total_steps: int, sig
     assert any((killed / ".hydra").glob("resume-*/config.yaml"))
     assert not (tmp_path / "elsewhere" / "outputs").exists()  # continued in place
     # The first part's logs are kept; the resumed part logs beside them.
-    assert (killed / "csv" / "metrics.csv").is_file()
+    assert (killed / "csv" / "metrics.csv").is_file() == logged_before
     assert any((killed / "csv").glob("resume-*/metrics.csv"))
     _compare(_run_dir(tmp_path / "reference"), killed)
 

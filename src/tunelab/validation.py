@@ -41,6 +41,9 @@ class ConfigError(ValueError):
             lines = "\n".join(f"  - {p}" for p in problems)
             super().__init__(f"{len(problems)} config problems:\n{lines}")
 
+    def __reduce__(self):  # rebuild from the problems, e.g. in a submitit/sweep job's result
+        return (type(self), (self.problems,))
+
 
 def validate_config(
     cfg: DictConfig, model: DictConfig | None = None, data: DictConfig | None = None

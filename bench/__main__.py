@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         results += runners[name](args.quick, args.out)
         log(name, f"done in {time.perf_counter() - t0:.0f} s")
     total = time.perf_counter() - start
+    # Other jobs on the machine skew every ratio (2 OpenMP threads stall when a core is taken).
+    info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
     write_csv(results, args.out / "results.csv")

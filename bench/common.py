@@ -215,7 +215,7 @@ def write_csv(results: list[Result], path: Path) -> None:
                     r.unit,
                     f"{r.a_median:.6g}",
                     f"{r.b_median:.6g}",
-                    f"{r.ratio:.4g}",
+                    f"{r.ratio:.4f}",
                     str(r.target) if r.target else "",
                     "" if r.met is None else str(r.met).lower(),
                     " ".join(f"{x:.6g}" for x in r.a),
@@ -234,7 +234,7 @@ def markdown_table(results: list[Result]) -> str:
             r.benchmark,
             r.variant_a,
             r.variant_b,
-            f"**{r.ratio:.3g}×**",
+            f"**{r.ratio:.3f}×**",
             str(r.target) if r.target else "—",
             _met_text(r.met),
             f"{fmt_seconds(r.a_median)}{unit} ({spread(r.a)})",
@@ -283,11 +283,15 @@ def profile_ops(fn: Callable[[], object], title: str, rows: int = 15) -> str:
     return f"## {title}\n(wall {fmt_seconds(wall)} under the profiler)\n\n{table}\n"
 
 
-def profile_python(fn: Callable[[], object], title: str, rows: int = 20) -> str:
+def profile_python(
+    fn: Callable[[], object], title: str, rows: int = 20, only: str | None = None
+) -> str:
     """Run ``fn`` under ``cProfile`` and return its top functions by cumulative time.
 
-    For work that happens outside torch ops (tokenizers, Arrow, datasets), where
-    ``torch.profiler`` sees nothing.
+    For work that happens outside torch ops (tokenizers, Arrow, datasets, framework hooks),
+    where ``torch.profiler`` sees nothing. ``only`` keeps functions whose ``file:line(name)``
+    matches that regular expression. cProfile inflates Python-heavy code: compare rows with
+    each other, not with the timings of the benchmark.
     """
     import cProfile
     import io
@@ -298,5 +302,6 @@ def profile_python(fn: Callable[[], object], title: str, rows: int = 20) -> str:
     profiler.runcall(fn)
     wall = time.perf_counter() - t0
     stream = io.StringIO()
-    pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(rows)
+    stats = pstats.Stats(profiler, stream=stream).sort_stats("cumulative")
+    stats.print_stats(*([only] if only else []), rows)
     return f"## {title}\n(wall {fmt_seconds(wall)} under cProfile)\n\n{stream.getvalue()}\n"

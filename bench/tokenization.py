@@ -9,8 +9,7 @@ at most 512 tokens:
 - ``cold``: ``TextDataModule(source="files").setup()`` with an empty cache folder: reading the
   Parquet file into Arrow, the 80/10/10 split, fingerprints, ``Dataset.map(batched=True)`` and
   writing the tokenized cache;
-- ``warm``: the same on a fresh data module over the filled cache, as tunelab is today, and
-  ``warm-primed``: the same with every split a cache hit (see ``datamodule_setup``).
+- ``warm``: the same on a fresh data module over the filled cache (every split a cache hit).
 """
 
 from __future__ import annotations
@@ -59,16 +58,8 @@ def per_item(reviews: Reviews) -> None:
         ds[i]
 
 
-def datamodule_setup(parquet: Path, cache_dir: Path, prime: bool = False) -> TextDataModule:
-    """A fresh data module's ``setup()``; ``prime`` first gives its tokenizer its truncation state.
-
-    tunelab's cache key hashes ``tokenizer.backend_tokenizer.to_str()``, which includes the
-    truncation settings that the first ``tokenizer(..., truncation=True)`` call stores in the
-    tokenizer. A split tokenized after another one therefore gets a different key than the same
-    split looked up first, and a second ``setup()`` misses one split of three. Priming the
-    tokenizer through its public property makes every key the same from run to run: the cache
-    behaviour that fixing the key would give.
-    """
+def datamodule_setup(parquet: Path, cache_dir: Path) -> TextDataModule:
+    """A fresh data module's ``setup()`` on ``parquet`` with its cache in ``cache_dir``."""
     dm = TextDataModule(
         tokenizer=MINILM,
         source="files",
@@ -77,31 +68,18 @@ def datamodule_setup(parquet: Path, cache_dir: Path, prime: bool = False) -> Tex
         data_dir=str(cache_dir / "data"),
         cache_dir=str(cache_dir),
     )
-    if prime:
-        dm.tokenizer("prime", truncation=True, max_length=MAX_LENGTH)
     dm.setup("fit")
     return dm
 
 
-def _misses(dm: TextDataModule) -> int:
-    return sum(not hit for hit in dm.cache_hits.values())
-
-
 class BatchedRuns:
-    """Cold runs each fill a fresh cache folder; warm runs read a filled one.
-
-    ``warm`` reads the latest cold run's folder as tunelab is today (one split misses, see
-    ``datamodule_setup``); ``warm_primed`` reads a folder filled once by a primed run, where
-    every split hits.
-    """
+    """Cold runs each fill a fresh cache folder; warm runs read the latest one."""
 
     def __init__(self, parquet: Path, root: Path) -> None:
         self.parquet = parquet
         self.root = root
         self.count = 0
         self.cache: Path | None = None
-        self.primed_cache = root / "primed"
-        self.warm_misses: list[int] = []
         self.train_lengths: list[int] = []
 
     def cold(self) -> None:
@@ -110,24 +88,16 @@ class BatchedRuns:
         self.count += 1
         self.cache = self.root / f"cache{self.count}"
         dm = datamodule_setup(self.parquet, self.cache)
-        if _misses(dm) != len(dm.cache_hits):
+        if any(dm.cache_hits.values()):
             raise RuntimeError(f"a cold run found a cache in {self.cache}: {dm.cache_hits}")
         self.train_lengths = dm.train_lengths
 
     def warm(self) -> None:
         if self.cache is None:
             raise RuntimeError("a warm run needs a cold run first")
-        self.warm_misses.append(_misses(datamodule_setup(self.parquet, self.cache)))
-
-    def fill_primed(self) -> None:
-        datamodule_setup(self.parquet, self.primed_cache, prime=True)
-
-    def warm_primed(self) -> None:
-        dm = datamodule_setup(self.parquet, self.primed_cache, prime=True)
-        if _misses(dm):
-            raise RuntimeError(
-                f"expected every split to hit in {self.primed_cache}: {dm.cache_hits}"
-            )
+        dm = datamodule_setup(self.parquet, self.cache)
+        if not all(dm.cache_hits.values()):
+            raise RuntimeError(f"a warm run missed the cache in {self.cache}: {dm.cache_hits}")
 
 
 def run(quick: bool, out_dir: Path) -> list[Result]:
@@ -145,24 +115,16 @@ def run(quick: bool, out_dir: Path) -> list[Result]:
         per_item(small)
         small_runs.cold()
         small_runs.warm()
-        small_runs.fill_primed()
-        small_runs.warm_primed()
         runs = BatchedRuns(reviews.write_parquet(root / "full" / "reviews.parquet"), root / "full")
-        runs.fill_primed()  # untimed: the primed warm runs only read this cache
         samples = alternate(
-            {
-                "per-item": lambda: per_item(reviews),
-                "cold": runs.cold,
-                "warm": runs.warm,
-                "warm-primed": runs.warm_primed,
-            },
+            {"per-item": lambda: per_item(reviews), "cold": runs.cold, "warm": runs.warm},
             repeats=repeats,
             warmup=0,
             label=NAME,
         )
         lengths = runs.train_lengths
-        results = _results(reviews, samples, lengths, runs.warm_misses)
-        if not all(r.met for r in results):
+        results = _results(reviews, samples, lengths)
+        if not all(r.met for r in results) and not quick:
             path = out_dir / f"profile_{NAME}.txt"
             path.write_text(
                 "\n".join(
@@ -172,7 +134,7 @@ def run(quick: bool, out_dir: Path) -> list[Result]:
                             "per-item tokenizer calls, first 2,000 texts",
                         ),
                         profile_python(runs.cold, "TextDataModule.setup(), cold cache"),
-                        profile_python(runs.warm_primed, "TextDataModule.setup(), warm cache"),
+                        profile_python(runs.warm, "TextDataModule.setup(), warm cache"),
                     ]
                 )
             )
@@ -180,9 +142,7 @@ def run(quick: bool, out_dir: Path) -> list[Result]:
     return results
 
 
-def _results(
-    reviews: Reviews, samples: Samples, lengths: list[int], warm_misses: list[int]
-) -> list[Result]:
+def _results(reviews: Reviews, samples: Samples, lengths: list[int]) -> list[Result]:
     wall = {k: v["wall"] for k, v in samples.items()}
     mean_tokens = sum(lengths) / len(lengths)
     truncated = sum(n_tok >= MAX_LENGTH for n_tok in lengths) / len(lengths)
@@ -204,22 +164,10 @@ def _results(
         Result(
             NAME,
             "per-item tokenizer calls",
-            "TextDataModule.setup(), warm cache (tunelab as is)",
+            "TextDataModule.setup(), warm cache",
             wall["per-item"],
             wall["warm"],
             Target(">=", 20),
-            f"a fresh data module on the cache of a cold run; splits missed per run: "
-            f"{warm_misses} of 3 (the cache key changes once the tokenizer has truncated; "
-            "see bench/tokenization.py)",
-        ),
-        Result(
-            NAME,
-            "per-item tokenizer calls",
-            "TextDataModule.setup(), warm cache, every split a hit",
-            wall["per-item"],
-            wall["warm-primed"],
-            Target(">=", 20),
-            "tokenizer primed with one truncating call before setup() so that the cache keys "
-            "are stable: what a fixed cache key gives",
+            "warm: a fresh data module over a cold run's cache, every split a cache hit",
         ),
     ]

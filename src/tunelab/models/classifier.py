@@ -72,6 +72,9 @@ class ClassifierModule(L.LightningModule):
         self.train_metrics = build_metrics(num_classes, "train/")
         self.val_metrics = build_metrics(num_classes, "val/")
         self.test_metrics = build_metrics(num_classes, "test/")
+        # Class probabilities and labels of the latest val/test epoch, for thresholds, curves,
+        # confusion matrices and error tables (see `collected`).
+        self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # subclasses -------------------------------------------------------------------------------
     def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor | None]:
@@ -103,9 +106,27 @@ class ClassifierModule(L.LightningModule):
         loss = F.cross_entropy(logits.float(), labels)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(scores_for_metrics(logits), labels)
+        if stage != "train":
+            probs = logits.detach().float().softmax(dim=-1)
+            self._collected.setdefault(stage, []).append((probs.cpu(), labels.detach().cpu()))
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._collected["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        self._collected["test"] = []
+
+    def collected(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probs (N, classes), labels (N,))`` of the latest ``val`` or ``test`` epoch, in the
+        order of that stage's loader (this process's share of it under DDP)."""
+        parts = self._collected.get(stage) or []
+        if not parts:
+            return torch.empty(0, self.num_classes), torch.empty(0, dtype=torch.long)
+        probs, labels = zip(*parts, strict=True)
+        return torch.cat(probs), torch.cat(labels)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

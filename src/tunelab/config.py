@@ -47,6 +47,15 @@ def new_run_dir(base: str) -> str:
     raise RuntimeError(f"could not create a new run directory under {base}")
 
 
+def rank_suffix() -> str:
+    """``""`` in the rank-0 process, ``"_rank<N>"`` in the others (their own log files)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(var)
+        if value not in (None, "", "0"):
+            return f"_rank{value}"
+    return ""
+
+
 def _if_cuda(when_cuda: object, otherwise: object) -> object:
     import torch
 
@@ -63,6 +72,8 @@ def register_resolvers() -> None:
         # Like ${hydra:runtime.cwd}, but also resolvable where Hydra has not set its config yet
         # (a launcher resolving the sweep dir); cached so that jobs see the launch directory.
         OmegaConf.register_new_resolver("tunelab.cwd", os.getcwd, use_cache=True)
+    if not OmegaConf.has_resolver("tunelab.rank_suffix"):
+        OmegaConf.register_new_resolver("tunelab.rank_suffix", rank_suffix)
     if not OmegaConf.has_resolver("tunelab.if_cuda"):
         OmegaConf.register_new_resolver("tunelab.if_cuda", _if_cuda)
 

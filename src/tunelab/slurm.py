@@ -80,7 +80,12 @@ class SlurmRequeue(L.Callback):
         self._previous = signal.signal(self.signum, self._handler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.requested:
+        requested = self.requested
+        if trainer.world_size > 1:
+            # The signal reaches the ranks at different instants: all must agree on the step at
+            # which they save, or the collective save would hang. One tiny all-reduce a step.
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if not requested:
             return
         trainer.save_checkpoint(self.checkpoint)
         if trainer.is_global_zero:

@@ -13,7 +13,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tunelab.data import images as readers
-from tunelab.data.resumable import EpochSampler, ResumableDataLoader, loop_progress, run_seed
+from tunelab.data.resumable import (
+    EpochSampler,
+    ResumableDataLoader,
+    loop_progress,
+    replicas,
+    run_seed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +255,7 @@ class ImageDataModule(L.LightningDataModule):
         train = self.splits["train"]
         return ResumableDataLoader(
             train,
-            sampler=EpochSampler(len(train), seed=run_seed()),
+            sampler=EpochSampler(len(train), seed=run_seed(), **replicas(self)),
             progress=loop_progress(self),
             batch_size=self.batch_size,
             num_workers=self.num_workers,

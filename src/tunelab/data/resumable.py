@@ -14,12 +14,18 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(DistributedSampler):
     """Shuffled (or length-grouped) indices whose order depends only on ``(seed, epoch)``.
+
+    Under DDP each of ``num_replicas`` processes takes every ``num_replicas``-th index of the
+    epoch's order, starting at its ``rank`` (the order is padded by repeating its start to a
+    multiple of ``num_replicas``, as ``DistributedSampler`` does), so the ranks' ``k``-th batches
+    together are the ``k``-th global batch of a single process with ``num_replicas`` times the
+    batch size. Being a ``DistributedSampler``, Lightning uses it as it is instead of wrapping it.
 
     Args:
         num_samples: size of the dataset.
@@ -27,7 +33,9 @@ class EpochSampler(Sampler[int]):
         shuffle: shuffle (else the natural order).
         lengths: with ``batch_size``, group examples of similar length into the same batches
             (``transformers``' megabatch scheme), for less padding.
-        batch_size: batch size, for length grouping.
+        batch_size: batch size, for length grouping (the global batch under DDP).
+        num_replicas: number of data-parallel processes.
+        rank: this process's rank among them.
     """
 
     def __init__(
@@ -37,7 +45,14 @@ class EpochSampler(Sampler[int]):
         shuffle: bool = True,
         lengths: Sequence[int] | None = None,
         batch_size: int = 1,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
+        Sampler.__init__(self)  # not DistributedSampler's: it would ask torch.distributed
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle
@@ -61,13 +76,22 @@ class EpochSampler(Sampler[int]):
             return torch.randperm(self.num_samples, generator=g).tolist()
         return list(range(self.num_samples))
 
+    def rank_indices(self, epoch: int) -> list[int]:
+        """This rank's share of epoch ``epoch``'s order."""
+        order = self.indices(epoch)
+        if self.num_replicas == 1:
+            return order
+        padded = len(self) * self.num_replicas
+        order += order[: padded - len(order)]
+        return order[self.rank :: self.num_replicas]
+
     def __iter__(self) -> Iterator[int]:
         skip, self._skip = self._skip, 0
-        return iter(self.indices(self.epoch)[skip:])
+        return iter(self.rank_indices(self.epoch)[skip:])
 
     def __len__(self) -> int:
         # The full epoch, also when skipping: Lightning counts the resumed batches itself.
-        return self.num_samples
+        return -(-self.num_samples // self.num_replicas)
 
 
 class ResumableDataLoader(DataLoader):
@@ -102,6 +126,14 @@ class ResumableDataLoader(DataLoader):
         sampler: EpochSampler = self.sampler  # type: ignore[assignment]
         sampler.set_epoch(int(state["epoch"]))
         sampler.skip_next(int(state["batches"]) * int(self.batch_size or 1))
+
+
+def replicas(datamodule: Any) -> dict[str, int]:
+    """``num_replicas`` and ``rank`` for an :class:`EpochSampler` from the attached trainer."""
+    trainer = getattr(datamodule, "trainer", None)
+    if trainer is None:
+        return {"num_replicas": 1, "rank": 0}
+    return {"num_replicas": int(trainer.world_size), "rank": int(trainer.global_rank)}
 
 
 def run_seed() -> int:

@@ -109,7 +109,16 @@ class ClassifierModule(L.LightningModule):
         if stage != "train":
             probs = logits.detach().float().softmax(dim=-1)
             self._collected.setdefault(stage, []).append((probs.cpu(), labels.detach().cpu()))
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        # Averaged over DDP processes for val/test (once per epoch); train shows rank 0's loss
+        # without a collective every step.
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=stage != "train",
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 

@@ -127,7 +127,16 @@ class RunRecord:
         self.update(status=status, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields)
 
     def write(self) -> None:
-        atomic_write_json(self.path, self.data)
+        if process_rank() == 0:  # one record per run, however many processes train it
+            atomic_write_json(self.path, self.data)
+
+
+def process_rank() -> int:
+    """This process's global rank in a distributed run, from the launcher's environment
+    (Lightning's child processes, SLURM tasks, torchrun), before any process group exists."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def hydra_overrides() -> list[str]:

@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.checkpoint import ConfigInCheckpoint, check_checkpoint_fits
 from tunelab.cli import run_cli, run_task
+from tunelab.compile_report import CompileReport
 from tunelab.config import config_dir
+from tunelab.init_from import init_from_checkpoint
 from tunelab.pruning import pruning_callbacks
 from tunelab.resume import resume_overrides, resumed_config
 from tunelab.slurm import SlurmRequeue, in_slurm_job, requeued_checkpoint
@@ -61,14 +63,24 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     validate_config(cfg)  # every config problem at once, before anything heavy
     if cfg.get("ckpt_path"):
         check_checkpoint_fits(cfg.ckpt_path, cfg.model)
+    if cfg.get("init_from"):
+        check_checkpoint_fits(cfg.init_from, cfg.model, key="init_from")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.accelerator.matmul_precision)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="partial")
     model: L.LightningModule = instantiate(cfg.model, _convert_="partial")
+    if hasattr(model, "parameter_counts"):
+        record.update(parameters=(counts := model.parameter_counts()))
+        log.info("parameters: %(trainable)d trainable of %(total)d (%(trainable_percent)s%%)", counts)
+    if cfg.get("init_from") and not cfg.get("ckpt_path"):  # a resumed run has its own weights
+        record.update(init_from=init_from_checkpoint(model, cfg.init_from))
     callbacks = instantiate_dict(cfg.get("callbacks"))
     callbacks.append(ConfigInCheckpoint(cfg.model, cfg.data))
     callbacks.extend(pruning_callbacks(cfg))
+    compile_report = CompileReport() if cfg.model.get("compile") else None
+    if compile_report is not None:
+        callbacks.append(compile_report)
     ckpt_path = cfg.get("ckpt_path")
     if in_slurm_job():
         callbacks.append(
@@ -92,6 +104,8 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     record.update(data_fingerprint=getattr(datamodule, "fingerprint", None))
+    if compile_report is not None and compile_report.report:
+        record.update(compile=compile_report.report)
 
     metrics = final_metrics([dict(trainer.callback_metrics)])
     if cfg.get("test", True):

@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -48,6 +49,24 @@ class TensorBatchDataset(Dataset):
         return self.images[idx], self.labels[idx]
 
 
+class IndexBatchDataset(Dataset):
+    """Yields only the indices of a batch, for data kept on the device (``on_device``): the
+    loader then moves a few bytes a step, and the gather happens on the GPU."""
+
+    def __init__(self, split: str, size: int) -> None:
+        self.split = split
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        return {"split": self.split, "index": torch.as_tensor(indices, dtype=torch.long)}
+
+
 def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch
 
@@ -78,6 +97,9 @@ class ImageDataModule(L.LightningDataModule):
         image_column: image column of the hub dataset.
         label_column: label column of the hub dataset.
         cache_dir: cache folder of the hub download.
+        on_device: keep each split on the training device (moved there once, on first use)
+            and gather batches there: no per-step host-to-device copy of images, for data sets
+            that fit in device memory (Fashion-MNIST 47 MB, CIFAR-10 184 MB as uint8).
     """
 
     def __init__(
@@ -103,6 +125,7 @@ class ImageDataModule(L.LightningDataModule):
         image_column: str = "img",
         label_column: str = "label",
         cache_dir: str | None = None,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -133,6 +156,8 @@ class ImageDataModule(L.LightningDataModule):
         self.image_column = image_column
         self.label_column = label_column
         self.cache_dir = cache_dir
+        self.on_device = on_device
+        self._resident: dict[tuple[str, torch.device], TensorBatchDataset] = {}
         self.splits: dict[str, TensorBatchDataset] = {}
         self.fingerprint: str | None = None
 
@@ -240,9 +265,14 @@ class ImageDataModule(L.LightningDataModule):
         log.info("image data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()})
 
     # ---- loaders ---------------------------------------------------------------------------
+    def _dataset(self, split: str) -> Dataset:
+        if self.on_device:
+            return IndexBatchDataset(split, len(self.splits[split]))
+        return self.splits[split]
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
-            self.splits[split],
+            self._dataset(split),
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -254,7 +284,7 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         train = self.splits["train"]
         return ResumableDataLoader(
-            train,
+            self._dataset("train"),
             sampler=EpochSampler(len(train), seed=run_seed(), **replicas(self)),
             progress=loop_progress(self),
             batch_size=self.batch_size,
@@ -278,7 +308,18 @@ class ImageDataModule(L.LightningDataModule):
             x = _random_flip_crop(x)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
+    def on_device_split(self, split: str, device: torch.device) -> TensorBatchDataset:
+        """Split ``split`` held on ``device`` (copied there on first use)."""
+        key = (split, device)
+        if key not in self._resident:
+            data = self.splits[split]
+            self._resident[key] = TensorBatchDataset(data.images.to(device), data.labels.to(device))
+        return self._resident[key]
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict):  # on_device: indices only; gather on the device
+            index = batch["index"]
+            batch = self.on_device_split(batch["split"], index.device).__getitems__(index)
         x, y = batch
         training = self.trainer is not None and self.trainer.training
         return self.preprocess(x, train=training), y

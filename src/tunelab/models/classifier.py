@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,7 @@ from torch.optim import Optimizer
 
 from tunelab.data.resumable import run_seed
 from tunelab.models.metrics import build_metrics, scores_for_metrics
+from tunelab.models.peft import parameter_counts
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -29,6 +31,29 @@ def planned_steps(trainer: L.Trainer) -> int:
     total = int(trainer.estimated_stepping_batches)
     trainer.fit_loop._combined_loader = None  # lightning#20550; see the docstring
     return total
+
+
+_LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+def layerwise_lr_scales(names: Sequence[str], decay: float) -> dict[str, float]:
+    """Learning-rate factors for layer-wise decay over a transformer's parameter names.
+
+    With ``L`` encoder layers (found as ``...layer.<i>...`` in the names), layer ``i`` gets
+    ``decay ** (L - i)`` (the top layer ``decay``), the embeddings ``decay ** (L + 1)`` and
+    everything else (the head, the pooler) 1. ``decay=1`` gives every parameter 1.
+    """
+    indices = {n: int(m.group(1)) for n in names if (m := _LAYER.search(n))}
+    depth = max(indices.values(), default=-1) + 1
+    scales = {}
+    for n in names:
+        if n in indices:
+            scales[n] = decay ** (depth - indices[n])
+        elif "embeddings." in n:
+            scales[n] = decay ** (depth + 1)
+        else:
+            scales[n] = 1.0
+    return scales
 
 
 def batch_seed(seed: int, batch_index: int, rank: int = 0) -> int:
@@ -49,6 +74,8 @@ class ClassifierModule(L.LightningModule):
             stepped every optimizer step.
         compile: compile ``net`` in place with ``torch.compile`` (state-dict keys unchanged).
         compile_mode: ``torch.compile`` mode (``default``, ``reduce-overhead``, ``max-autotune``).
+        compile_backend: ``torch.compile`` backend (``inductor``; ``aot_eager`` or ``eager`` to
+            tell a compiler problem from a model problem).
     """
 
     def __init__(
@@ -59,6 +86,7 @@ class ClassifierModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         compile: bool = False,
         compile_mode: str = "default",
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         # `from_pretrained` returns modules in eval mode, and Lightning keeps each module's mode:
@@ -69,6 +97,7 @@ class ClassifierModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.compile_net = compile
         self.compile_mode = compile_mode
+        self.compile_backend = compile_backend
         self.train_metrics = build_metrics(num_classes, "train/")
         self.val_metrics = build_metrics(num_classes, "val/")
         self.test_metrics = build_metrics(num_classes, "test/")
@@ -155,22 +184,44 @@ class ClassifierModule(L.LightningModule):
         if self.compile_net and not getattr(self, "_compiled", False):
             # In place: the module keeps its own state-dict keys (no `_orig_mod.` prefix), so
             # compiled and eager checkpoints are interchangeable.
-            self.net.compile(mode=self.compile_mode)
+            mode = None if self.compile_backend != "inductor" else self.compile_mode
+            self.net.compile(mode=mode, backend=self.compile_backend)
             self._compiled = True
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate factor per parameter name of ``net`` (subclasses: layer-wise decay)."""
+        return {}
+
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weight decay on matrices and conv kernels only, not on biases and norm weights."""
-        decay, no_decay = [], []
-        for p in self.net.parameters():
+        """Weight decay on matrices and conv kernels only, not on biases and norm weights.
+
+        Parameters with a learning-rate factor other than 1 (:meth:`lr_scales`) get groups of
+        their own, marked ``lr_scale``; :meth:`configure_optimizers` multiplies their lr by it.
+        Groups go from the largest factor down, with decay before no-decay for each.
+        """
+        scales = self.lr_scales()
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+        for name, p in self.net.named_parameters():
             if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [{"params": decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        return groups
+                groups.setdefault((scales.get(name, 1.0), p.ndim >= 2), []).append(p)
+        out = []
+        for scale, decay in sorted(groups, key=lambda k: (-k[0], not k[1])):
+            group: dict[str, Any] = {"params": groups[scale, decay]}
+            if not decay:
+                group["weight_decay"] = 0.0
+            if scale != 1.0:
+                group["lr_scale"] = scale
+            out.append(group)
+        return out or [{"params": []}]
+
+    def parameter_counts(self) -> dict[str, Any]:
+        """Trainable and total parameters of ``net`` (logged and recorded by ``tunelab-train``)."""
+        return parameter_counts(self.net)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameter_groups())
+        for group in optimizer.param_groups:  # layer-wise decay; before the scheduler reads lr
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         total = planned_steps(self.trainer)

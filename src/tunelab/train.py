@@ -123,10 +123,25 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
         if trainer.is_global_zero:
             atomic_write_json(out_dir / "metrics.json", {**metrics, **metrics_ckpt})
             if hasattr(model, "export_pretrained"):
-                model.export_pretrained(out_dir / "hf_model", datamodule)
+                exported = _unsharded(model, trainer, best)
+                exported.export_pretrained(out_dir / "hf_model", datamodule)
     if trainer.is_global_zero:
         print_metrics(metrics, out_dir)
     return metrics
+
+
+def _unsharded(model: L.LightningModule, trainer: L.Trainer, best: str) -> L.LightningModule:
+    """The model to export: itself, or under FSDP (whose parameters are shards) a copy rebuilt
+    on the CPU from the consolidated best checkpoint the strategy wrote."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return model
+    if not best:
+        raise RuntimeError("FSDP: no consolidated checkpoint to export the model from")
+    from tunelab.checkpoint import load_checkpoint, model_from_checkpoint
+
+    return model_from_checkpoint(load_checkpoint(best), best, compile=False)
 
 
 def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:

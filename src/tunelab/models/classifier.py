@@ -157,9 +157,35 @@ class ClassifierModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._collected["test"] = []
 
+    def on_validation_epoch_end(self) -> None:
+        self._gather_collected("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._gather_collected("test")
+
+    def _gather_collected(self, stage: str) -> None:
+        """Under DDP, give every process all of the epoch's outputs, in the loader's order.
+
+        ``DistributedSampler`` (no shuffling for val/test) hands rank ``r`` the examples
+        ``r, r + R, r + 2R, ...``, padded with repeats so that all ranks get as many: stacking the
+        ranks' outputs and reading them column-wise restores the order; the padding is cut.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1 or not self._collected.get(stage):
+            return
+        probs, labels = self.collected(stage)
+        gathered_p = self.all_gather(probs.to(self.device))  # (R, N, C)
+        gathered_l = self.all_gather(labels.to(self.device))  # (R, N)
+        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+        total = len(loader.dataset) if loader is not None else gathered_l.numel()
+        probs = gathered_p.transpose(0, 1).reshape(-1, probs.shape[-1])[:total]
+        labels = gathered_l.transpose(0, 1).reshape(-1)[:total]
+        self._collected[stage] = [(probs.cpu(), labels.cpu())]
+
     def collected(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probs (N, classes), labels (N,))`` of the latest ``val`` or ``test`` epoch, in the
-        order of that stage's loader (this process's share of it under DDP)."""
+        order of that stage's loader (all of it also under DDP: see ``_gather_collected``)."""
         parts = self._collected.get(stage) or []
         if not parts:
             return torch.empty(0, self.num_classes), torch.empty(0, dtype=torch.long)

@@ -127,11 +127,17 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], source: str | Pat
     model.load_state_dict(ckpt["state_dict"])
 
 
-def check_checkpoint_fits(path: str | Path, model_cfg: DictConfig) -> None:
+def check_checkpoint_fits(path: str | Path, model_cfg: DictConfig, key: str = "ckpt_path") -> None:
     """Check, before training starts, that ``ckpt_path`` can be loaded into the configured model.
 
     The checkpoint is memory-mapped and the model is built on the meta device (no weights are
     read or allocated), so the check costs little even for large models.
+
+    Args:
+        path: the checkpoint file.
+        model_cfg: the model config of this run.
+        key: the config key that named the checkpoint (``ckpt_path`` or ``init_from``), for
+            the message.
 
     Raises:
         FileNotFoundError, ValueError: as :func:`load_checkpoint`; or the architectures differ
@@ -166,11 +172,12 @@ def check_checkpoint_fits(path: str | Path, model_cfg: DictConfig) -> None:
                 + "."
             )
     raise ValueError(
-        f"ckpt_path={path} does not fit the model of this config ("
+        f"{key}={path} does not fit the model of this config ("
         + "; ".join(parts)
         + ")."
         + differs
-        + " Train with the config the checkpoint was made with, or drop ckpt_path to start fresh"
+        + f" Train with the model config the checkpoint was made with, or drop {key} to start"
+        " fresh"
     )
 
 

@@ -1,7 +1,9 @@
 """Evaluation entry point: ``tunelab-eval ckpt_path=PATH [+data.KEY=VALUE ...]``.
 
 Rebuilds the model and data module from the configs stored in the checkpoint, computes the test
-metrics and writes them to this evaluation's own run directory.
+metrics and writes them to this evaluation's own run directory. With
+``eval_domains=[movies,products,...]`` it also tests each listed corpus and writes
+``domain_report.csv`` / ``domain_report.md`` (see :mod:`tunelab.domains`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tunelab.checkpoint import load_checkpoint, model_from_checkpoint, stored_configs
 from tunelab.cli import run_cli, run_task
 from tunelab.config import config_dir
+from tunelab.domains import evaluate_domains, plan_domains, write_domain_report
 from tunelab.train import final_metrics, instantiate_dict, print_metrics
 from tunelab.utils.io import atomic_write_json
 from tunelab.utils.run_record import RunRecord, run_recorded
@@ -29,6 +32,9 @@ def _evaluate(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, fl
     model_cfg, data_cfg = stored_configs(ckpt)
     data_cfg = OmegaConf.merge(data_cfg, cfg.get("data") or {})
     validate_config(cfg, model=model_cfg, data=data_cfg)  # the checkpoint's, with overrides
+    domains = plan_domains(list(cfg.eval_domains), data_cfg) if cfg.get("eval_domains") else []
+    for _, domain_cfg in domains[1:]:  # every corpus's problems before anything runs
+        validate_config(cfg, model=model_cfg, data=domain_cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.accelerator.matmul_precision)
     model = model_from_checkpoint(ckpt, cfg.ckpt_path, compile=cfg.accelerator.compile)
@@ -44,6 +50,10 @@ def _evaluate(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, fl
             out_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())}
         )
         print_metrics(metrics, out_dir)
+    if domains:  # the checkpoint's own test split above is the in-domain reference
+        rows = evaluate_domains(domains, model, trainer, in_domain=(metrics, datamodule))
+        if trainer.is_global_zero:
+            write_domain_report(rows, out_dir, str(cfg.ckpt_path))
     return metrics
 
 

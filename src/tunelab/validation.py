@@ -763,6 +763,8 @@ def _entry_rules(ck: _Checker) -> None:
         )
     elif ckpt is not _ABSENT and ckpt is not None and not isinstance(ckpt, str):
         ck.problem("ckpt_path", f"ckpt_path={_show(ckpt)} must be the path of a checkpoint file")
+    _init_from_rules(ck, ckpt)
+    _eval_domain_rules(ck)
     if task != "predict":
         return
     text, source = ck.get("text"), ck.get("input")
@@ -775,3 +777,47 @@ def _entry_rules(ck: _Checker) -> None:
     elif source is not None and not Path(str(source)).exists():
         ck.problem("input", f"input={source} does not exist; pass an existing file or folder")
     _int_at_least(ck, "batch_size", 1, "set batch_size to a positive integer, e.g. 64")
+
+
+def _init_from_rules(ck: _Checker, ckpt: Any) -> None:
+    """``init_from``: an existing checkpoint file, not given together with ``ckpt_path``."""
+    init = ck.get("init_from")
+    if init is _ABSENT or init is None:
+        return
+    if not isinstance(init, str):
+        ck.problem("init_from", f"init_from={_show(init)} must be the path of a checkpoint file")
+    elif not Path(init).is_file():
+        where = "is a folder" if Path(init).is_dir() else "does not exist"
+        ck.problem(
+            "init_from",
+            f"init_from={init} {where}; pass a checkpoint file, e.g. "
+            "outputs/<experiment>/<run>/checkpoints/best.ckpt",
+        )
+    elif isinstance(ckpt, str) and not ck.get("resume"):  # resume sets ckpt_path itself
+        ck.problem(
+            "init_from",
+            f"init_from={init} and ckpt_path={ckpt} are both set: ckpt_path continues a run "
+            "(weights, optimizer, schedule, step count), init_from starts a new run from the "
+            "weights only; keep one of them",
+        )
+
+
+def _eval_domain_rules(ck: _Checker) -> None:
+    """``eval_domains`` of ``tunelab-eval``: data config names or existing data files."""
+    domains = ck.get("eval_domains")
+    if domains is _ABSENT or domains is None:
+        return
+    if not isinstance(domains, list) or not domains:
+        ck.problem(
+            "eval_domains",
+            f"eval_domains={_show(domains)} must be a non-empty list, e.g. "
+            "eval_domains=[movies,products,editorials,tweets]",
+        )
+        return
+    from tunelab.domains import domain_problem
+
+    for entry in domains:
+        problem = domain_problem(entry)
+        if problem:
+            ck.problem("eval_domains", problem)
+            return

@@ -56,7 +56,8 @@ def test_every_group_has_configs():
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_config_composes_and_instantiates(group, option, compose_train, tmp_path, tiny_bert_dir):
     overrides = [f"{group}={option}", *_fill_required(group, option, tmp_path, tiny_bert_dir)]
-    if group in ("data",) and option in ("movies", "imdb", "text_files"):
+    text_data = ("movies", "products", "editorials", "tweets", "imdb", "text_files")
+    if group in ("data",) and option in text_data:
         overrides += ["model=bert_hf", f"model.net.pretrained={tiny_bert_dir}"]
     if group == "model" and option.startswith("bert"):
         overrides += ["data=movies", f"model.net.pretrained={tiny_bert_dir}"]

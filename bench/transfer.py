@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -34,13 +35,21 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 from bench.common import REPO, log, machine_info  # noqa: E402
 
 NAME = "transfer"
-# k -> epochs: ~70 steps for k=100, ~130 for k=500, one pass over all 2,888 (batch size 16).
-DEFAULT_EPOCHS = {100: 10, 500: 4, 0: 1}  # 0 stands for "all"
 PRODUCTS_TRAIN = 2888
 
 
-def _run(cmd: list[str], run_dir: Path) -> float:
-    """Run a tunelab command line into ``run_dir``; return its wall time in seconds."""
+def _run(cmd: list[str], run_dir: Path, done: str = "metrics.json") -> float:
+    """Run a tunelab command line into ``run_dir``; return its wall time in seconds.
+
+    A run that already finished there (``done`` written, e.g. by an interrupted benchmark
+    started with the same ``--runs``) is reused; an unfinished one is moved aside.
+    """
+    if (run_dir / done).is_file():
+        record = json.loads((run_dir / "run_info.json").read_text())
+        log(NAME, f"reusing {run_dir}")
+        return _seconds(record["start_time"], record["end_time"])
+    if run_dir.exists():
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.unfinished-{time.time():.0f}"))
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     full = [sys.executable, "-m", *cmd, f"hydra.run.dir={run_dir}"]
     log(NAME, " ".join(full[2:]))
@@ -50,6 +59,11 @@ def _run(cmd: list[str], run_dir: Path) -> float:
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(full)} failed; see {run_dir.parent / run_dir.name}.log")
     return time.perf_counter() - t0
+
+
+def _seconds(start: str, end: str) -> float:
+    fmt = "%Y-%m-%dT%H:%M:%S%z"
+    return (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds()
 
 
 def _train_args(k: int | None, epochs: int, init_from: Path | None, quick: bool) -> list[str]:
@@ -72,16 +86,23 @@ def _train_args(k: int | None, epochs: int, init_from: Path | None, quick: bool)
     return args
 
 
-def run(movie_ckpt: Path, ks: list[int | None], epochs: dict[int, int], out: Path, quick: bool):
+def run(
+    movie_ckpt: Path,
+    ks: list[int | None],
+    epochs: dict[int, int],
+    out: Path,
+    quick: bool,
+    runs: Path | None = None,
+):
     """All runs of the table; returns rows ``{start, k, epochs, steps, acc, f1, seconds}``."""
-    runs = out / "transfer_runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    runs = runs or out / "transfer_runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
     rows = []
     # k = 0: the movie model as it is, through the domain report.
     eval_dir = runs / "movie_k0"
     eval_args = ["tunelab.evaluate", f"ckpt_path={movie_ckpt}", "eval_domains=[movies,products]"]
     if quick:
         eval_args.append("+data.max_eval_samples=32")
-    seconds = _run(eval_args, eval_dir)
+    seconds = _run(eval_args, eval_dir, done="domain_report.csv")
     with open(eval_dir / "domain_report.csv", newline="") as f:
         report = {r["domain"]: r for r in csv.DictReader(f)}
     rows.append(_row("movie model", 0, 0, 0, report["products"], seconds, "test/"))
@@ -197,11 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--epochs",
-        default="100:10,500:4,all:1",
+        default="100:10,500:2,all:1",
         help="epochs per k (k:epochs,...; k absent from the list: 'all' entry)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny eval splits: a smoke test")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        help="folder of the runs (default: a new OUT/transfer_runs/<time>); finished runs in it "
+        "are reused, so an interrupted benchmark continues where it stopped",
+    )
     args = parser.parse_args(argv)
     ks = [None if k == "all" else int(k) for k in args.k.split(",")]
     epochs = {}
@@ -212,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs.setdefault(k or 0, epochs.get(0, 1))
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m bench.transfer", *(argv if argv is not None else sys.argv[1:])])
-    rows, runs = run(args.movie_ckpt.resolve(), ks, epochs, args.out, args.quick)
+    rows, runs = run(args.movie_ckpt.resolve(), ks, epochs, args.out, args.quick, args.runs)
     path = write(rows, runs, args.movie_ckpt.resolve(), command, args.out)
     print(path.read_text())
     return 0

@@ -208,7 +208,7 @@ class TextDataModule(L.LightningDataModule):
                 f"{self.label_names} but data.num_classes={self.num_classes}; set "
                 f"data.num_classes={len(self.label_names)} (or fix data.label_names)"
             )
-        classes = set(splits["train"]["label"])
+        classes = set(_column(splits["train"], "label").to_pylist())
         if len(classes) == 1:
             (only,) = classes
             names = self.label_names or []

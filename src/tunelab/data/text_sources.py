@@ -485,7 +485,8 @@ def _standardize(
                 f"{source}: label column {label_column!r} has type {dtype or feature}; labels must "
                 f"be integers or strings (float labels often mean empty cells)."
             )
-        values[split] = list(ds[label_column])
+        # As one Arrow column: iterating `ds[label_column]` goes row by row (~50 µs a row).
+        values[split] = ds.with_format("arrow")[label_column].to_pylist()
         class_names[split] = feature.names if isinstance(feature, ClassLabel) else None
     if label_names is None:
         label_names = next((names for names in class_names.values() if names), None)

@@ -125,7 +125,12 @@ class ClassifierModule(L.LightningModule):
         trainer = self._trainer
         if trainer is not None and trainer.training:
             index = trainer.fit_loop.epoch_loop.batch_progress.total.ready
-            torch.manual_seed(batch_seed(run_seed(), index, trainer.global_rank))
+            seed = batch_seed(run_seed(), index, trainer.global_rank)
+            # The CPU generator and this device's: `torch.manual_seed` would also check for and
+            # seed every CUDA, MPS and XPU device, a cost paid on every step.
+            torch.default_generator.manual_seed(seed)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed(seed)
         return batch
 
     # steps ------------------------------------------------------------------------------------
@@ -148,8 +153,15 @@ class ClassifierModule(L.LightningModule):
             prog_bar=True,
             sync_dist=stage != "train",
         )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        if stage != "train":
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+        # Training metrics are updated every step but logged once, at the epoch's end: a
+        # `log_dict` per step cost more than the CNN's own step on CPU (bench/RESULTS.md).
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())  # synced across DDP processes by torchmetrics
+        self.train_metrics.reset()
 
     def on_validation_epoch_start(self) -> None:
         self._collected["val"] = []

@@ -55,12 +55,13 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
 
     one = json.loads((single / "metrics.json").read_text())
     two = json.loads((ddp / "metrics.json").read_text())
-    # Tolerance: float sums in another order (gloo's all-reduce) over 16 AdamW steps. A
-    # different global batch or data order moves val/loss by >1e-2 on this set.
+    # Tolerance: float sums in another order (gloo's all-reduce) over 16 AdamW steps. Measured:
+    # losses 1.2e-7 apart, accuracies equal; 2 processes x 64 (global batch 128) instead move
+    # val/loss by 23% and val/acc by 7 points.
     for key in ("val/loss", "test/loss"):
-        assert two[key] == pytest.approx(one[key], rel=2e-3), key
+        assert two[key] == pytest.approx(one[key], rel=1e-4), key
     for key in ("val/acc", "test/acc"):
-        assert abs(two[key] - one[key]) <= 2 / 512, key  # at most 2 of 512 predictions flip
+        assert abs(two[key] - one[key]) <= 1 / 512, key  # at most 1 of 512 predictions flips
 
     # One run directory: rank 0 wrote the record and metrics; rank 1 only its own log.
     info = json.loads((ddp / "run_info.json").read_text())

@@ -2,7 +2,7 @@
 
 Each checkpoint carries the resolved ``model`` and ``data`` configs under ``"tunelab"``, so
 ``tunelab-eval`` and ``tunelab-predict`` rebuild the exact model and preprocessing from the
-checkpoint alone.
+checkpoint alone; binary classifiers add their ``decision_threshold`` there.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ConfigInCheckpoint(L.Callback):
         }
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint[KEY] = self.payload
+        checkpoint[KEY] = dict(self.payload)  # a copy: the module adds its own entries
 
 
 def load_checkpoint(
@@ -201,4 +201,17 @@ def model_from_checkpoint(
     model_cfg = OmegaConf.merge(model_cfg, model_overrides)
     model = instantiate(model_cfg, _convert_="partial")
     load_weights(model, ckpt, source)
+    model.on_load_checkpoint(ckpt)  # what the module keeps beside its weights (e.g. a threshold)
     return model.eval()
+
+
+def store_decision_threshold(path: str | Path, threshold: float) -> None:
+    """Record the decision threshold chosen after training in an existing checkpoint file.
+
+    The file is rewritten atomically (a temporary file renamed over it).
+    """
+    from tunelab.utils.checkpoint_io import AtomicCheckpointIO
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt.setdefault(KEY, {})["decision_threshold"] = float(threshold)
+    AtomicCheckpointIO().save_checkpoint(ckpt, path)

@@ -46,9 +46,10 @@ def _evaluate(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, fl
     metrics = final_metrics(results)
     record.update(data_fingerprint=getattr(datamodule, "fingerprint", None))
     if trainer.is_global_zero:
-        atomic_write_json(
-            out_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())}
-        )
+        extra = {"ckpt_path": str(Path(cfg.ckpt_path).resolve())}
+        if getattr(model, "num_classes", None) == 2:  # the checkpoint's threshold, used above
+            extra["decision_threshold"] = model.decision_threshold
+        atomic_write_json(out_dir / "metrics.json", {**metrics, **extra})
         print_metrics(metrics, out_dir)
     if domains:  # the checkpoint's own test split above is the in-domain reference
         rows = evaluate_domains(domains, model, trainer, in_domain=(metrics, datamodule))

@@ -24,6 +24,7 @@ from tunelab.config import config_dir
 from tunelab.data.image_datamodule import ImageDataModule
 from tunelab.data.images import read_predict_inputs
 from tunelab.data.text_datamodule import TextDataModule
+from tunelab.models.metrics import predicted_labels
 from tunelab.validation import validate_config
 
 
@@ -55,8 +56,10 @@ class Predictor:
         return self.model(batch).float().softmax(-1).cpu().numpy()
 
     def _rows(self, names: Sequence[str], probs: np.ndarray) -> Iterator[dict[str, Any]]:
-        for name, p in zip(names, probs, strict=True):
-            label = int(p.argmax())
+        # binary: class 1 from the checkpoint's decision threshold on (0.5 unless chosen)
+        threshold = getattr(self.model, "decision_threshold", 0.5)
+        labels = predicted_labels(torch.from_numpy(probs), threshold).tolist()
+        for name, p, label in zip(names, probs, labels, strict=True):
             yield {
                 "input": name,
                 "label": label,

@@ -18,7 +18,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.checkpoint import ConfigInCheckpoint, check_checkpoint_fits
+from tunelab.checkpoint import (
+    ConfigInCheckpoint,
+    check_checkpoint_fits,
+    store_decision_threshold,
+)
 from tunelab.cli import run_cli, run_task
 from tunelab.compile_report import CompileReport
 from tunelab.config import config_dir
@@ -116,10 +120,15 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
                 "no best checkpoint (fast_dev_run or no checkpoint callback): "
                 "validating and testing the current weights"
             )
+        extra = {}
+        if getattr(model, "auto_threshold", False):  # model.decision_threshold=auto
+            extra["decision_threshold"] = _choose_threshold(model, trainer, datamodule, ckpt)
+            record.update(decision_threshold=extra["decision_threshold"])
         val = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics = final_metrics(val + test)
         metrics_ckpt = {"best_ckpt": str(Path(best).relative_to(out_dir))} if best else {}
+        metrics_ckpt.update(extra)
         if trainer.is_global_zero:
             atomic_write_json(out_dir / "metrics.json", {**metrics, **metrics_ckpt})
             if hasattr(model, "export_pretrained"):
@@ -128,6 +137,23 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     if trainer.is_global_zero:
         print_metrics(metrics, out_dir)
     return metrics
+
+
+def _choose_threshold(
+    model: L.LightningModule,
+    trainer: L.Trainer,
+    datamodule: L.LightningDataModule,
+    ckpt: str | None,
+) -> float:
+    """Set the model's threshold to the validation-F1-best one of checkpoint ``ckpt`` (or the
+    current weights) and store it in that checkpoint, which is then tested and exported."""
+    trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    threshold, f1 = model.choose_threshold()
+    log.info("decision threshold %.4f (validation F1 %.4f)", threshold, f1)
+    if ckpt and trainer.is_global_zero:
+        store_decision_threshold(ckpt, threshold)
+    trainer.strategy.barrier()  # every process reloads the checkpoint next
+    return threshold
 
 
 def _unsharded(model: L.LightningModule, trainer: L.Trainer, best: str) -> L.LightningModule:

@@ -73,8 +73,9 @@ def validate_config(
     checker.check_values()
     for path, node in _targets(cfg, ""):
         checker.check_signature(path, node)
-    for rule in (_data_rules, _model_rules, _trainer_rules, _callback_rules, _entry_rules):
+    for rule in (_data_rules, _model_rules, _imbalance_rules, _trainer_rules, _callback_rules):
         rule(checker)
+    _entry_rules(checker)
     if checker.problems:
         raise ConfigError(checker.problems)
 
@@ -567,6 +568,7 @@ def _model_rules(ck: _Checker) -> None:
             "model.net.pooling", f"model.net.pooling={_show(pooling)}: use pooler, cls or mean"
         )
     _int_at_least(ck, "model.net.freeze_layers", -1, "use 0 (none), N (the first N), -1 (all)")
+    _peft_rules(ck)
     data_classes = ck.get("data.num_classes")
     for key in ("model.num_classes", "model.net.num_classes"):
         v = ck.get(key)
@@ -590,6 +592,101 @@ def _model_rules(ck: _Checker) -> None:
         reason = compile_problem(device) if device else None
         if reason:
             ck.problem(key, f"{key}=true but {reason}; set {key}=false (or accelerator=cpu)")
+
+
+def _peft_rules(ck: _Checker) -> None:
+    """``model.lora`` (read with ``model.peft=lora``) and ``model.layerwise_lr_decay``."""
+    decay = ck.get("model.layerwise_lr_decay")
+    if decay is not _ABSENT and not (_is_number(decay) and 0 < decay <= 1):
+        ck.problem(
+            "model.layerwise_lr_decay",
+            f"model.layerwise_lr_decay={_show(decay)} must be in (0, 1]; 1.0 turns it off, "
+            "e.g. 0.9 gives each layer down from the top 0.9x the lr of the one above",
+        )
+    lora = ck.get("model.lora")
+    if ck.get("model.peft") != "lora" or not isinstance(lora, dict):
+        return
+    from tunelab.models.peft import LORA_DEFAULTS
+
+    valid = [*LORA_DEFAULTS, "modules_to_save"]
+    for key in lora:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean model.lora.{close[0]}? " if close else ""
+            ck.problem(
+                f"model.lora.{key}",
+                f"model.lora.{key} is not a LoRA setting: {hint}remove it "
+                f"(valid keys: {', '.join(valid)})",
+            )
+    _int_at_least(ck, "model.lora.r", 1, "set the LoRA rank model.lora.r, e.g. 8")
+    alpha = ck.get("model.lora.alpha")
+    if alpha is not _ABSENT and not (_is_number(alpha) and alpha > 0):
+        ck.problem(
+            "model.lora.alpha",
+            f"model.lora.alpha={_show(alpha)} must be a positive number, e.g. 16 (2 x r)",
+        )
+    p = ck.get("model.lora.dropout")
+    if p is not _ABSENT and not (_is_number(p) and 0 <= p < 1):
+        ck.problem("model.lora.dropout", f"model.lora.dropout={_show(p)} must be in [0, 1)")
+    targets = ck.get("model.lora.target_modules")
+    if targets is not _ABSENT and not (
+        isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)
+    ):
+        ck.problem(
+            "model.lora.target_modules",
+            f"model.lora.target_modules={_show(targets)} must be a non-empty list of module "
+            "names, e.g. [query,key,value,dense] (every linear layer of BERT)",
+        )
+
+
+def _imbalance_rules(ck: _Checker) -> None:
+    """``data.imbalance_ratio``, ``data.sampler``, ``model.class_weights`` and
+    ``model.decision_threshold``."""
+    n = ck.get("data.num_classes")
+    binary_fix = "binary data only (data.num_classes=2)"
+    ratio = ck.get("data.imbalance_ratio")
+    if ratio is not _ABSENT and ratio is not None:
+        if not (_is_number(ratio) and 0 < ratio <= 1):
+            ck.problem(
+                "data.imbalance_ratio",
+                f"data.imbalance_ratio={_show(ratio)} must be in (0, 1]: the share of class 1 "
+                "kept in the training split, e.g. 0.1 (null: all)",
+            )
+        elif _is_int(n) and n != 2:
+            ck.problem(
+                "data.imbalance_ratio",
+                f"data.imbalance_ratio is for {binary_fix}, but data.num_classes={n}; drop it",
+            )
+    sampler = ck.get("data.sampler")
+    if sampler is not _ABSENT and sampler not in ("random", "balanced"):
+        ck.problem(
+            "data.sampler",
+            f"data.sampler={_show(sampler)} must be random (shuffled) or balanced (classes "
+            "drawn equally often)",
+        )
+    weights = ck.get("model.class_weights")
+    if weights is not _ABSENT and weights is not None and weights != "balanced":
+        ok = isinstance(weights, list) and all(_is_number(w) and w >= 0 for w in weights)
+        if not ok or not any(weights) or (_is_int(n) and len(weights) != n):
+            count = f"{n} " if _is_int(n) else ""
+            ck.problem(
+                "model.class_weights",
+                f"model.class_weights={_show(weights)} must be null, balanced, or a list of "
+                f"{count}non-negative weights, one per class (e.g. model.class_weights=[1,9])",
+            )
+    t = ck.get("model.decision_threshold")
+    if t is not _ABSENT and t != "auto" and not (_is_number(t) and 0 < t < 1):
+        ck.problem(
+            "model.decision_threshold",
+            f"model.decision_threshold={_show(t)} must be a probability in (0, 1) (0.5: the "
+            "most probable class) or auto (the validation-F1-best threshold)",
+        )
+    elif t is not _ABSENT and t != 0.5 and _is_int(n) and n != 2:
+        ck.problem(
+            "model.decision_threshold",
+            f"model.decision_threshold={_show(t)} is for {binary_fix}, but data.num_classes="
+            f"{n}; drop it (the most probable class is predicted)",
+        )
 
 
 def _device(ck: _Checker) -> str | None:
@@ -736,7 +833,7 @@ def _logged_metrics(ck: _Checker) -> set[str]:
         return set()
     try:
         from tunelab.models.classifier import ClassifierModule
-        from tunelab.models.metrics import build_metrics
+        from tunelab.models.metrics import build_metrics, imbalance_metric_names
 
         if not issubclass(get_method(target), ClassifierModule):
             return set()
@@ -747,7 +844,7 @@ def _logged_metrics(ck: _Checker) -> set[str]:
     names = {"train/loss", "train/loss_step", "train/loss_epoch", "val/loss"}
     for stage in ("train", "val"):
         names |= set(build_metrics(n, f"{stage}/").keys())
-    return names
+    return names | {f"val/{name}" for name in imbalance_metric_names(n)}
 
 
 def _entry_rules(ck: _Checker) -> None:

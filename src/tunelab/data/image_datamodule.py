@@ -15,12 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunelab.data import images as readers
 from tunelab.data.resumable import (
-    EpochSampler,
     ResumableDataLoader,
     loop_progress,
     replicas,
     run_seed,
 )
+from tunelab.data.sampling import SAMPLERS, class_counts, train_sampler, train_subset
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,13 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
         pin_memory: pin host memory for faster copies to a GPU.
         augment: random horizontal flip and 4-pixel padded random crop on training batches.
-        max_train_samples: cap on training examples, for quick runs.
+        max_train_samples: cap on training examples: the first ``k`` of a shuffle with
+            ``split_seed``, stratified by class (quick runs, few-label experiments).
         max_eval_samples: cap on validation and test examples, for quick runs.
+        imbalance_ratio: binary data only: keep this share of class 1 in the training split,
+            chosen with ``split_seed`` (validation and test untouched).
+        sampler: training order: ``random`` (shuffled) or ``balanced`` (classes drawn equally
+            often, with replacement; see :mod:`tunelab.data.sampling`).
         hub_name: dataset name on the Hugging Face hub for ``source=hub``.
         image_column: image column of the hub dataset.
         label_column: label column of the hub dataset.
@@ -121,6 +126,8 @@ class ImageDataModule(L.LightningDataModule):
         augment: bool = False,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
+        imbalance_ratio: float | None = None,
+        sampler: str = "random",
         hub_name: str | None = None,
         image_column: str = "img",
         label_column: str = "label",
@@ -135,6 +142,15 @@ class ImageDataModule(L.LightningDataModule):
                 f"data.mean and data.std need {in_channels} values (data.in_channels), "
                 f"got {len(mean)} and {len(std)}"
             )
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler={sampler!r} is not one of {SAMPLERS}")
+        if imbalance_ratio is not None and num_classes != 2:
+            raise ValueError(
+                f"data.imbalance_ratio={imbalance_ratio} needs binary data (data.num_classes=2, "
+                f"not {num_classes}); drop it"
+            )
+        self.imbalance_ratio = imbalance_ratio
+        self.sampler = sampler
         self.source = source
         self.path = path
         self.num_classes = num_classes
@@ -246,7 +262,7 @@ class ImageDataModule(L.LightningDataModule):
             train = (x[perm[n_val:]], y[perm[n_val:]])
         test = raw.get("test", val)
         parts = {
-            "train": _cap(train, self.max_train_samples),
+            "train": self._train_subset(train),
             "val": _cap(val, self.max_eval_samples),
             "test": _cap(test, self.max_eval_samples),
         }
@@ -263,6 +279,14 @@ class ImageDataModule(L.LightningDataModule):
             for name, (xs, ys) in parts.items()
         }
         log.info("image data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()})
+
+    def _train_subset(self, pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        keep = train_subset(pair[1], self.split_seed, self.imbalance_ratio, self.max_train_samples)
+        return pair if keep is None else (pair[0][keep], pair[1][keep])
+
+    def class_counts(self) -> list[int]:
+        """Examples per class in the training split (after subsetting), for class weights."""
+        return class_counts(self.splits["train"].labels, self.num_classes)
 
     # ---- loaders ---------------------------------------------------------------------------
     def _dataset(self, split: str) -> Dataset:
@@ -285,7 +309,7 @@ class ImageDataModule(L.LightningDataModule):
         train = self.splits["train"]
         return ResumableDataLoader(
             self._dataset("train"),
-            sampler=EpochSampler(len(train), seed=run_seed(), **replicas(self)),
+            sampler=train_sampler(self.sampler, train.labels, seed=run_seed(), **replicas(self)),
             progress=loop_progress(self),
             batch_size=self.batch_size,
             num_workers=self.num_workers,

@@ -19,12 +19,12 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedToken
 
 from tunelab.data import text_sources
 from tunelab.data.resumable import (
-    EpochSampler,
     ResumableDataLoader,
     loop_progress,
     replicas,
     run_seed,
 )
+from tunelab.data.sampling import SAMPLERS, class_counts, train_sampler, train_subset
 from tunelab.models.pretrained import resolve_pretrained
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,14 @@ class TextDataModule(L.LightningDataModule):
         group_by_length: batch training examples of similar length together (less padding).
         pad_to_multiple_of: pad each batch's length up to a multiple of this (tensor cores,
             fewer distinct shapes for ``torch.compile``).
-        max_train_samples: cap on training examples, for quick runs.
+        max_train_samples: cap on training examples: the first ``k`` of a shuffle with
+            ``split_seed``, stratified by class (quick runs, few-label experiments).
         max_eval_samples: cap on validation and test examples.
+        imbalance_ratio: binary data only: keep this share of the positive class (label 1) in
+            the training split, chosen with ``split_seed`` (validation and test untouched).
+        sampler: training order: ``random`` (shuffled; length-grouped with
+            ``group_by_length``) or ``balanced`` (classes drawn equally often, with replacement;
+            see :mod:`tunelab.data.sampling`).
         num_workers: DataLoader workers.
         pin_memory: pin host memory for faster copies to a GPU.
         data_dir: where the embedded corpus is stored.
@@ -94,6 +100,8 @@ class TextDataModule(L.LightningDataModule):
         pad_to_multiple_of: int | None = 8,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
+        imbalance_ratio: float | None = None,
+        sampler: str = "random",
         num_workers: int = 0,
         pin_memory: bool = False,
         data_dir: str = "data",
@@ -107,6 +115,15 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(
                 f"data.decode_errors={decode_errors!r} is not one of {text_sources.DECODE_ERRORS}"
             )
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler={sampler!r} is not one of {SAMPLERS}")
+        if imbalance_ratio is not None and num_classes != 2:
+            raise ValueError(
+                f"data.imbalance_ratio={imbalance_ratio} needs binary data (data.num_classes=2, "
+                f"not {num_classes}); drop it"
+            )
+        self.imbalance_ratio = imbalance_ratio
+        self.sampler = sampler
         self.decode_errors = decode_errors
         self.tokenizer_name = tokenizer
         self.source = source
@@ -242,8 +259,15 @@ class TextDataModule(L.LightningDataModule):
             parts = train.train_test_split(test_size=val_size, seed=self.split_seed)
             train, val = parts["train"], parts["test"]
         out = {"train": train, "val": val, "test": test}
+        keep = train_subset(
+            _column(train, "label").to_numpy(),
+            self.split_seed,
+            self.imbalance_ratio,
+            self.max_train_samples,
+        )
+        if keep is not None:
+            out["train"] = train.select(keep)
         caps = {
-            "train": self.max_train_samples,
             "val": self.max_eval_samples,
             "test": self.max_eval_samples,
         }
@@ -365,6 +389,10 @@ class TextDataModule(L.LightningDataModule):
             ds.set_format(columns=["input_ids", "attention_mask", "labels"])
         log.info("text data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()})
 
+    def class_counts(self) -> list[int]:
+        """Examples per class in the training split (after subsetting), for class weights."""
+        return class_counts(_column(self.splits["train"], "labels").to_numpy(), self.num_classes)
+
     # ---- loaders ---------------------------------------------------------------------------
     def _loader(self, name: str, batch_size: int) -> DataLoader:
         return DataLoader(
@@ -378,8 +406,9 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         train = self.splits["train"]
-        sampler = EpochSampler(
-            len(train),
+        sampler = train_sampler(
+            self.sampler,
+            _column(train, "labels").to_numpy(),
             seed=run_seed(),
             lengths=self.train_lengths if self.group_by_length else None,
             batch_size=self.batch_size * replicas(self)["num_replicas"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -12,9 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
 
+from tunelab.checkpoint import KEY as CKPT_KEY
 from tunelab.data.resumable import run_seed
-from tunelab.models.metrics import build_metrics, scores_for_metrics
+from tunelab.data.sampling import balanced_class_weights
+from tunelab.models.metrics import (
+    build_metrics,
+    imbalance_metrics,
+    scores_for_metrics,
+    set_threshold,
+)
 from tunelab.models.peft import parameter_counts
+from tunelab.models.threshold import Threshold, best_f1_threshold, parse_threshold
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -76,6 +84,14 @@ class ClassifierModule(L.LightningModule):
         compile_mode: ``torch.compile`` mode (``default``, ``reduce-overhead``, ``max-autotune``).
         compile_backend: ``torch.compile`` backend (``inductor``; ``aot_eager`` or ``eager`` to
             tell a compiler problem from a model problem).
+        class_weights: weights of the classes in the training loss: ``None`` (equal),
+            ``"balanced"`` (``n / (k * count_c)`` from the training labels, read from the data
+            module's ``class_counts()`` when fitting) or one weight per class. Validation and
+            test losses stay unweighted, comparable across runs.
+        decision_threshold: binary tasks: predict class 1 where ``P(1) >=`` this (``0.5``: the
+            most probable class), or ``"auto"``: 0.5 until ``tunelab-train`` chooses the
+            validation-F1-best threshold after training (:meth:`choose_threshold`). Checkpoints
+            store the threshold in use.
     """
 
     def __init__(
@@ -87,6 +103,8 @@ class ClassifierModule(L.LightningModule):
         compile: bool = False,
         compile_mode: str = "default",
         compile_backend: str = "inductor",
+        class_weights: Sequence[float] | Literal["balanced"] | None = None,
+        decision_threshold: Threshold = 0.5,
     ) -> None:
         super().__init__()
         # `from_pretrained` returns modules in eval mode, and Lightning keeps each module's mode:
@@ -101,9 +119,70 @@ class ClassifierModule(L.LightningModule):
         self.train_metrics = build_metrics(num_classes, "train/")
         self.val_metrics = build_metrics(num_classes, "val/")
         self.test_metrics = build_metrics(num_classes, "test/")
+        threshold, self.auto_threshold = parse_threshold(decision_threshold)
+        if num_classes != 2 and (self.auto_threshold or threshold != 0.5):
+            raise ValueError(
+                f"model.decision_threshold={decision_threshold} applies to binary tasks only "
+                f"(data.num_classes=2, not {num_classes}); drop it"
+            )
+        self.decision_threshold = threshold
+        self.balanced_weights = class_weights == "balanced"
+        weights = None
+        if class_weights is not None and not self.balanced_weights:
+            if isinstance(class_weights, str) or len(class_weights) != num_classes:
+                raise ValueError(
+                    f"model.class_weights={class_weights!r}: use null, balanced, or a list of "
+                    f"{num_classes} weights (one per class)"
+                )
+            weights = torch.tensor([float(w) for w in class_weights])
+        # Not saved in checkpoints (recomputed when fitting); a buffer so it follows the device.
+        self.register_buffer("class_weight", weights, persistent=False)
         # Class probabilities and labels of the latest val/test epoch, for thresholds, curves,
         # confusion matrices and error tables (see `collected`).
         self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    @property
+    def decision_threshold(self) -> float:
+        """The threshold on ``P(class 1)`` the binary metrics and predictions use."""
+        return self._decision_threshold
+
+    @decision_threshold.setter
+    def decision_threshold(self, value: float) -> None:
+        self._decision_threshold = float(value)
+        for metrics in (self.train_metrics, self.val_metrics, self.test_metrics):
+            set_threshold(metrics, value)
+
+    def choose_threshold(self) -> tuple[float, float]:
+        """Use the threshold that maximises F1 on the latest validation epoch (binary tasks).
+
+        Returns:
+            ``(threshold, validation F1 at it)``.
+        """
+        probs, labels = self.collected("val")
+        threshold, f1 = best_f1_threshold(probs[:, 1], labels)
+        self.decision_threshold = threshold
+        return threshold, f1
+
+    def on_fit_start(self) -> None:
+        if not self.balanced_weights:
+            return
+        counts = getattr(self.trainer.datamodule, "class_counts", None)
+        if counts is None:
+            raise ValueError(
+                "model.class_weights=balanced needs a data module with class_counts() (the "
+                "tunelab ones); pass the weights as a list instead (model.class_weights=[...])"
+            )
+        weights = torch.tensor(balanced_class_weights(counts()), dtype=torch.float32)
+        self.class_weight = weights.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.num_classes == 2:  # beside the configs that ConfigInCheckpoint stores
+            checkpoint.setdefault(CKPT_KEY, {})["decision_threshold"] = self.decision_threshold
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = (checkpoint.get(CKPT_KEY) or {}).get("decision_threshold")
+        if stored is not None and self.num_classes == 2:
+            self.decision_threshold = stored
 
     # subclasses -------------------------------------------------------------------------------
     def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor | None]:
@@ -137,7 +216,8 @@ class ClassifierModule(L.LightningModule):
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         inputs, labels = self.split_batch(batch)
         logits = self(inputs)
-        loss = F.cross_entropy(logits.float(), labels)
+        weight = self.class_weight if stage == "train" else None
+        loss = F.cross_entropy(logits.float(), labels, weight=weight)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(scores_for_metrics(logits), labels)
         if stage != "train":
@@ -171,9 +251,23 @@ class ClassifierModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._gather_collected("val")
+        self._log_imbalance_metrics("val")
 
     def on_test_epoch_end(self) -> None:
         self._gather_collected("test")
+        self._log_imbalance_metrics("test")
+
+    def _log_imbalance_metrics(self, stage: str) -> None:
+        """Macro-F1, per-class scores and (binary) PR-AUC / ROC-AUC of the whole epoch.
+
+        Computed from :meth:`collected`, which every process holds in full (also under DDP), so
+        the values need no further sync.
+        """
+        probs, labels = self.collected(stage)
+        if not len(labels) or (self._trainer is not None and self.trainer.sanity_checking):
+            return
+        values = imbalance_metrics(probs, labels, self.decision_threshold)
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, on_epoch=True)
 
     def _gather_collected(self, stage: str) -> None:
         """Under DDP, give every process all of the epoch's outputs, in the loader's order.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -11,12 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from tunelab.models.classifier import (
-    ClassifierModule,
-    OptimizerFactory,
-    SchedulerFactory,
-    layerwise_lr_scales,
-)
+from tunelab.models.classifier import ClassifierModule, layerwise_lr_scales
 from tunelab.models.peft import apply_lora, is_peft, lora_settings, merged_copy
 
 log = logging.getLogger(__name__)
@@ -25,16 +21,17 @@ log = logging.getLogger(__name__)
 class TextClassifier(ClassifierModule):
     """Wraps a text network (:mod:`tunelab.models.text_nets`); batches are tokenized dicts.
 
+    Takes every argument of :class:`~tunelab.models.classifier.ClassifierModule` (passed on
+    unchanged), plus:
+
     Args:
-        net, num_classes, optimizer, scheduler, compile, compile_mode, compile_backend: as
-            :class:`~tunelab.models.classifier.ClassifierModule`.
         peft: ``None`` (train the network as configured) or ``"lora"``: wrap ``net.model`` with
             LoRA adapters (:func:`tunelab.models.peft.apply_lora`); only the adapters and the
             classification head train.
         lora: LoRA settings ``r``, ``alpha``, ``dropout``, ``target_modules`` (and optionally
             ``modules_to_save``), used when ``peft="lora"``.
         gradient_checkpointing: recompute the encoder's activations in the backward pass
-            instead of keeping them (less memory, ~30% more compute).
+            instead of keeping them (less memory, more compute).
         layerwise_lr_decay: ``1.0`` for one learning rate; ``d < 1`` gives the head ``lr``, the
             top encoder layer ``lr*d``, the next ``lr*d**2``, ..., the embeddings
             ``lr*d**(L+1)``.
@@ -43,16 +40,12 @@ class TextClassifier(ClassifierModule):
     def __init__(
         self,
         net: nn.Module,
-        num_classes: int,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        compile: bool = False,
-        compile_mode: str = "default",
-        compile_backend: str = "inductor",
+        *args: Any,
         peft: Literal["lora"] | None = None,
         lora: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
         layerwise_lr_decay: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         if gradient_checkpointing:
             # Non-reentrant checkpointing: exact gradients, also for frozen embeddings and LoRA.
@@ -63,15 +56,7 @@ class TextClassifier(ClassifierModule):
             net.model = apply_lora(net.model, **lora_settings(lora))
         elif peft is not None:
             raise ValueError(f"model.peft={peft!r}: use null (full fine-tuning) or lora")
-        super().__init__(
-            net,
-            num_classes,
-            optimizer,
-            scheduler,
-            compile=compile,
-            compile_mode=compile_mode,
-            compile_backend=compile_backend,
-        )
+        super().__init__(net, *args, **kwargs)
         self.layerwise_lr_decay = layerwise_lr_decay
 
     def lr_scales(self) -> dict[str, float]:
@@ -111,6 +96,8 @@ class TextClassifier(ClassifierModule):
     def _export_dir(self, out_dir: Path, model: nn.Module, datamodule: Any) -> Path:
         tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        if self.num_classes == 2:  # read by tunelab, not applied by `transformers.pipeline`
+            model.config.decision_threshold = self.decision_threshold
         try:
             model.save_pretrained(tmp)
             datamodule.tokenizer.save_pretrained(tmp)
@@ -125,3 +112,13 @@ class TextClassifier(ClassifierModule):
         shutil.rmtree(old, ignore_errors=True)
         log.info("exported Hugging Face model to %s", out_dir)
         return out_dir
+
+
+def _signature() -> inspect.Signature:
+    """ClassifierModule's parameters and TextClassifier's own: what config validation checks."""
+    base = inspect.signature(ClassifierModule.__init__).parameters.values()
+    own = inspect.signature(TextClassifier.__init__).parameters.values()
+    return inspect.Signature([*base, *(p for p in own if p.kind is p.KEYWORD_ONLY)])
+
+
+TextClassifier.__init__.__signature__ = _signature()  # type: ignore[attr-defined]

@@ -102,3 +102,23 @@ def test_gpu_compiled_bf16_run_and_eager_reload(compose_train, tiny_bert_dir, se
     path = f"{cfg.paths.output_dir}/checkpoints/best.ckpt"
     model = model_from_checkpoint(load_checkpoint(path), path, compile=False)
     assert not [k for k in model.state_dict() if "_orig_mod" in k]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP needs a CUDA GPU")
+def test_fsdp_checkpoint_is_consolidated_and_exported(compose_train, tiny_bert_dir, sentiment_csv):
+    from transformers import pipeline
+
+    cfg = compose_train(
+        *tiny_text_overrides(tiny_bert_dir, sentiment_csv),
+        "accelerator=gpu",
+        "strategy=fsdp",
+        f"strategy.devices={min(torch.cuda.device_count(), 2)}",
+        "trainer.max_epochs=1",
+    )
+    train(cfg)
+    out = cfg.paths.output_dir
+    state = torch.load(f"{out}/checkpoints/best.ckpt", weights_only=False)["state_dict"]
+    assert any(k.endswith("word_embeddings.weight") for k in state)  # one full state dict
+    clf = pipeline("text-classification", model=f"{out}/hf_model")
+    assert clf("a wonderful film")[0]["label"] in ("negative", "positive")

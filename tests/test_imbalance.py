@@ -119,7 +119,8 @@ def test_balanced_sampler_is_uniform_over_classes_deterministic_and_resumable():
     assert torch.cat(list(resumed)).tolist() == whole[70:]
 
 
-def test_text_loader_uses_the_balanced_sampler(tiny_bert_dir, sentiment_csv):
+def test_text_loader_uses_the_balanced_sampler(tiny_bert_dir, sentiment_csv, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # the loader's run seed: fixed draws
     dm = _text_dm(tiny_bert_dir, sentiment_csv, imbalance_ratio=0.2, sampler="balanced")
     dm.setup()
     loader = dm.train_dataloader()
@@ -202,17 +203,23 @@ def test_imbalance_ratio_keeps_the_expected_counts_and_leaves_val_test(
     assert other.raw_splits["train"]["text"] != sub["text"]
 
 
-def test_imbalance_ratio_on_image_data(tmp_path):
+def test_imbalance_ratio_on_image_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # the loader's run seed: fixed draws
     y = np.array([0, 1] * 50)
     x = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
     kw = dict(source="npz", path=str(tmp_path / "d.npz"), num_classes=2, image_size=1)
     kw |= dict(mean=[0.5], std=[0.5], val_size=20)
-    base, dm = ImageDataModule(**kw), ImageDataModule(**kw, imbalance_ratio=0.25)
+    base = ImageDataModule(**kw)
+    dm = ImageDataModule(**kw, imbalance_ratio=0.25, sampler="balanced", batch_size=10)
     base.setup()
     dm.setup()
     before = base.class_counts()
     assert dm.class_counts() == [before[0], round(0.25 * before[1])]
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, BalancedEpochSampler)
+    drawn = torch.cat([y for _, y in loader]).tolist()
+    assert len(drawn) == sum(dm.class_counts()) and 0.3 < sum(drawn) / len(drawn) < 0.7
     for split in ("val", "test"):
         assert torch.equal(dm.splits[split].images, base.splits[split].images)
 

@@ -1,0 +1,242 @@
+"""LoRA fine-tuning (``model.peft=lora``): what trains, checkpoints, eval/predict, exports.
+
+Real components throughout: the real configs composed by Hydra, the tiny BERT fixture, real
+Lightning trainers and the real ``peft`` library; the exports are loaded by plain transformers
+in a process where ``peft`` cannot be imported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.helpers import compose_cfg, tiny_text_overrides
+from tunelab.checkpoint import load_checkpoint, model_from_checkpoint
+from tunelab.predict import predict
+from tunelab.train import train
+from tunelab.validation import ConfigError, validate_config
+
+TEXTS = ["a superb film", "a tedious movie cast", "the ending was awful", "charming story"]
+HEADS = ["bert_hf", "bert_mlp"]
+HEAD_NAME = {"bert_hf": "classifier", "bert_mlp": "head"}
+
+
+def _trained(name: str) -> bool:
+    return "lora_" in name or "modules_to_save" in name
+
+
+def _mean_loss(model, batches) -> float:
+    model.eval()
+    with torch.no_grad():
+        losses = [
+            torch.nn.functional.cross_entropy(model(model.split_batch(b)[0]), b["labels"])
+            for b in batches
+        ]
+    model.train()
+    return float(torch.stack(losses).mean())
+
+
+# The fixture's encoder is random: its CLS/pooled output hardly depends on the words, so a frozen
+# encoder gives a head nothing to learn from. Adapters on the word embeddings as well (and mean
+# pooling for the MLP head) let the adapters carry the label words within a few dozen steps.
+LEARNABLE = {
+    "bert_hf": ["model.lora.target_modules=[query,key,value,dense,word_embeddings]"],
+    "bert_mlp": [
+        "model.lora.target_modules=[query,key,value,dense,word_embeddings]",
+        "model.net.pooling=mean",
+    ],
+}
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_lora_trains_only_adapters_and_head(head, tiny_bert_dir, sentiment_csv, tmp_path):
+    cfg = compose_cfg(
+        "train",
+        [
+            *tiny_text_overrides(tiny_bert_dir, sentiment_csv, head),
+            "model.peft=lora",
+            *LEARNABLE[head],
+            "model.optimizer.lr=1e-2",
+            "+trainer.max_steps=60",
+            "callbacks=none",
+        ],
+        tmp_path,
+    )
+    L.seed_everything(cfg.seed)
+    dm = instantiate(cfg.data, _convert_="partial")
+    model = instantiate(cfg.model, _convert_="partial")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(_trained(n) for n in trainable), sorted(trainable)
+    assert any(f".{HEAD_NAME[head]}.modules_to_save." in n for n in trainable)
+    assert any("lora_A" in n for n in trainable) and any("lora_B" in n for n in trainable)
+    dm.prepare_data()
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())  # the training data, in the order of epoch 0
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    before_loss = _mean_loss(model, batches)
+
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+
+    after = model.state_dict()
+    assert after.keys() == before_state.keys()
+    changed = {k for k in after if not torch.equal(after[k], before_state[k])}
+    frozen_changed = sorted(k for k in changed if not _trained(k))
+    assert not frozen_changed, frozen_changed  # bit-identical
+    assert any("lora_B" in k for k in changed) and any("modules_to_save" in k for k in changed)
+    after_loss = _mean_loss(model, batches)
+    assert after_loss < 0.5 * before_loss, (before_loss, after_loss)
+    with model.net.model.disable_adapter():  # the adapters, not the head alone, did it
+        assert _mean_loss(model, batches) > after_loss + 0.1
+
+
+@pytest.fixture(scope="module", params=HEADS)
+def lora_run(request, tiny_bert_dir, sentiment_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"lora-{request.param}")
+    cfg = compose_cfg(
+        "train",
+        [
+            *tiny_text_overrides(tiny_bert_dir, sentiment_csv, request.param),
+            "model.peft=lora",
+            "trainer.max_epochs=3",
+        ],
+        out,
+    )
+    return request.param, out, train(cfg)
+
+
+def test_lora_run_records_parameters(lora_run):
+    head, out, metrics = lora_run
+    counts = json.loads((out / "run_info.json").read_text())["parameters"]
+    state = load_checkpoint(out / "checkpoints" / "best.ckpt")["state_dict"]
+    adapters_and_head = sum(v.numel() for k, v in state.items() if _trained(k))
+    assert counts["trainable"] == adapters_and_head
+    assert counts["trainable"] < 0.2 * counts["total"]
+    assert counts["trainable_percent"] == pytest.approx(
+        100 * counts["trainable"] / counts["total"], abs=1e-3
+    )
+    # the checkpoint holds the adapters and the trained head
+    assert any("lora_A" in k for k in state) and any("modules_to_save" in k for k in state)
+    assert "test/acc" in metrics
+
+
+def _peft_logits(out: Path) -> torch.Tensor:
+    """Logits of the LoRA model rebuilt from the best checkpoint, on ``TEXTS``."""
+    from transformers import AutoTokenizer
+
+    ckpt = load_checkpoint(out / "checkpoints" / "best.ckpt")
+    model = model_from_checkpoint(ckpt, "best.ckpt", compile=False)
+    tok = AutoTokenizer.from_pretrained(out / "hf_model")
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+
+
+def test_merged_export_matches_lora_model_and_loads_without_peft(lora_run, tmp_path):
+    head, out, _ = lora_run
+    config = json.loads((out / "hf_model" / "config.json").read_text())
+    assert "peft" not in json.dumps(config).lower()
+    assert not (out / "hf_model" / "adapter_config.json").exists()
+    # Plain transformers, peft blocked: pipeline loads the merged model; raw logits out.
+    code = (
+        "import json, sys; sys.modules['peft'] = None\n"
+        "from transformers import pipeline\n"
+        f"clf = pipeline('text-classification', model={str(out / 'hf_model')!r}, top_k=None, "
+        f"function_to_apply='none', trust_remote_code={head == 'bert_mlp'}, device='cpu')\n"
+        f"rows = clf({TEXTS!r})\n"
+        "print(json.dumps([{d['label']: d['score'] for d in r} for r in rows]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    merged = torch.tensor([[r["negative"], r["positive"]] for r in rows])
+    ours = _peft_logits(out)
+    torch.testing.assert_close(merged, ours.float(), atol=1e-5, rtol=0)
+
+
+def test_adapter_export_loads_in_peft(lora_run, tiny_bert_dir):
+    from peft import PeftModel
+
+    from tunelab.models.text_nets import EncoderMLPClassifier, HFSequenceClassifier
+
+    head, out, _ = lora_run
+    adapter = out / "hf_adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    assert config["base_model_name_or_path"] == str(tiny_bert_dir)
+    assert HEAD_NAME[head] in config["modules_to_save"]
+    assert (adapter / "tokenizer_config.json").exists()
+    net_cls = HFSequenceClassifier if head == "bert_hf" else EncoderMLPClassifier
+    base = net_cls(str(tiny_bert_dir), 2, ["negative", "positive"]).model
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    from transformers import AutoTokenizer
+
+    enc = AutoTokenizer.from_pretrained(adapter)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    torch.testing.assert_close(logits, _peft_logits(out), atol=1e-5, rtol=0)
+
+
+def test_eval_and_predict_on_lora_checkpoint(lora_run, tmp_path):
+    from tunelab.evaluate import evaluate
+
+    head, out, metrics = lora_run
+    best = out / "checkpoints" / "best.ckpt"
+    cfg = compose_cfg("eval", [f"ckpt_path={best}", "logger=none"], tmp_path / "eval")
+    evaluated = evaluate(cfg)
+    assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    rows = predict(best, texts=TEXTS)
+    probs = _peft_logits(out).softmax(-1)
+    for row, p in zip(rows, probs, strict=True):
+        assert row["probabilities"]["positive"] == pytest.approx(float(p[1]), abs=1e-5)
+
+
+def test_new_run_starts_from_lora_checkpoint(lora_run, tiny_bert_dir, sentiment_csv, tmp_path):
+    head, out, _ = lora_run
+    cfg = compose_cfg(
+        "train",
+        [
+            *tiny_text_overrides(tiny_bert_dir, sentiment_csv, head),
+            "model.peft=lora",
+            "trainer.max_epochs=4",
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+        ],
+        tmp_path,
+    )
+    train(cfg)
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    start = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == start["epoch"] + 1  # continued where the first run ended
+    first = start["state_dict"]
+    lora_keys = [k for k in first if "lora_B" in k]
+    assert any(not torch.equal(first[k], last["state_dict"][k]) for k in lora_keys)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.peft=lorra", "model.peft"),
+        ("+model.lora.rank=4", "model.lora.rank"),
+        ("model.lora.r=0", "model.lora.r"),
+        ("model.lora.dropout=1.5", "model.lora.dropout"),
+        ("model.lora.target_modules=[]", "model.lora.target_modules"),
+    ],
+)
+def test_bad_lora_settings_name_the_key(override, key, tiny_bert_dir, sentiment_csv, tmp_path):
+    cfg = compose_cfg(
+        "train",
+        [*tiny_text_overrides(tiny_bert_dir, sentiment_csv), "model.peft=lora", override],
+        tmp_path,
+    )
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert key in str(err.value)

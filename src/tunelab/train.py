@@ -150,7 +150,7 @@ def _choose_threshold(
     trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     threshold, f1 = model.choose_threshold()
     log.info("decision threshold %.4f (validation F1 %.4f)", threshold, f1)
-    if ckpt and trainer.is_global_zero:
+    if ckpt and Path(ckpt).is_file() and trainer.is_global_zero:  # not a sharded folder
         store_decision_threshold(ckpt, threshold)
     trainer.strategy.barrier()  # every process reloads the checkpoint next
     return threshold

@@ -3,13 +3,18 @@ test split.
 
 The embedded movie-review corpus (``experiment=bert_embedded``, all-MiniLM-L6-v2) is made
 imbalanced with ``data.imbalance_ratio=0.1``: the training split keeps one positive snippet in
-ten; validation and test stay as they are (about half positive). Four trainings, each through the
-real command line (``python -m tunelab.train``), one at a time, with the same seed and schedule:
+ten; validation and test stay as they are (about half positive). Three trainings, each through
+the real command line (``python -m tunelab.train``), one at a time, with the same seed and
+schedule, and one threshold choice:
 
 - plain training;
 - ``model.class_weights=balanced`` (loss weights ``n / (k * count_c)``);
 - ``data.sampler=balanced`` (classes drawn equally often, with replacement);
-- ``model.decision_threshold=auto`` (plain training, then the validation-F1-best threshold).
+- ``model.decision_threshold=auto``: what ``tunelab-train`` does with it after training, applied
+  to the plain run's best checkpoint (a validation pass, ``ClassifierModule.choose_threshold``,
+  the threshold written into a copy of the checkpoint), then tested with ``tunelab-eval``. A
+  training of its own would repeat the plain one bit for bit (same seed, data and schedule on
+  CPU; the threshold changes nothing before the end), so it is not run again.
 
 The table gives macro-F1, positive-class F1 and PR-AUC (average precision) on the test split,
 read from each run's ``metrics.json``.
@@ -33,9 +38,9 @@ from bench.common import REPO, log, machine_info  # noqa: E402
 NAME = "imbalance"
 VARIANTS = {
     "plain": [],
+    "decision_threshold=auto": None,  # the plain run's checkpoint, threshold chosen on val
     "class_weights=balanced": ["model.class_weights=balanced"],
     "sampler=balanced": ["data.sampler=balanced"],
-    "decision_threshold=auto": ["model.decision_threshold=auto"],
 }
 
 
@@ -55,8 +60,8 @@ def train_args(epochs: int, ratio: float, quick: bool) -> list[str]:
     return args
 
 
-def _run(name: str, overrides: list[str], run_dir: Path) -> float:
-    """Train one variant into ``run_dir`` (a finished run there is reused); its wall seconds."""
+def _run(name: str, overrides: list[str], run_dir: Path, module: str = "tunelab.train") -> float:
+    """Run one variant into ``run_dir`` (a finished run there is reused); its wall seconds."""
     if (run_dir / "metrics.json").is_file():
         log(NAME, f"reusing {run_dir}")
         record = json.loads((run_dir / "run_info.json").read_text())
@@ -64,7 +69,7 @@ def _run(name: str, overrides: list[str], run_dir: Path) -> float:
     if run_dir.exists():
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.unfinished-{time.time():.0f}"))
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "tunelab.train", *overrides, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
     log(NAME, f"{name}: {' '.join(cmd[2:])}")
     t0 = time.perf_counter()
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as out:
@@ -78,6 +83,43 @@ def _run(name: str, overrides: list[str], run_dir: Path) -> float:
     return seconds
 
 
+def auto_threshold_checkpoint(plain_dir: Path, out: Path) -> Path:
+    """A copy of the plain run's best checkpoint holding the validation-F1-best threshold, chosen
+    as ``tunelab-train model.decision_threshold=auto`` chooses it (see ``train._choose_threshold``).
+    """
+    import shutil
+
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from tunelab.checkpoint import (
+        load_checkpoint,
+        model_from_checkpoint,
+        store_decision_threshold,
+        stored_configs,
+    )
+
+    target = out / "auto.ckpt"
+    if target.is_file():
+        return target
+    best = plain_dir / "checkpoints" / "best.ckpt"
+    ckpt = load_checkpoint(best)
+    model = model_from_checkpoint(ckpt, best, compile=False)
+    datamodule = instantiate(stored_configs(ckpt)[1], _convert_="partial")
+    L.seed_everything(42)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    threshold, f1 = model.choose_threshold()
+    log(NAME, f"decision threshold {threshold:.4f} (validation F1 {f1:.4f})")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(best, out / "auto.tmp")
+    store_decision_threshold(out / "auto.tmp", threshold)
+    (out / "auto.tmp").rename(target)
+    return target
+
+
 def run(epochs: int, ratio: float, runs: Path, quick: bool, only: list[str]) -> list[dict]:
     """Every variant's test metrics: ``{variant, macro_f1, f1_pos, pr_auc, roc_auc, acc, ...}``."""
     rows = []
@@ -85,7 +127,13 @@ def run(epochs: int, ratio: float, runs: Path, quick: bool, only: list[str]) -> 
         if only and name not in only:
             continue
         run_dir = runs / name.replace("=", "-")
-        seconds = _run(name, [*train_args(epochs, ratio, quick), *extra], run_dir)
+        if extra is None:  # the threshold on the plain run's checkpoint, tested by tunelab-eval
+            t0 = time.perf_counter()
+            ckpt = auto_threshold_checkpoint(runs / "plain", runs / "auto_ckpt")
+            seconds = time.perf_counter() - t0
+            seconds += _run(name, [f"ckpt_path={ckpt}", "logger=none"], run_dir, "tunelab.evaluate")
+        else:
+            seconds = _run(name, [*train_args(epochs, ratio, quick), *extra], run_dir)
         m = json.loads((run_dir / "metrics.json").read_text())
         rows.append(
             {

@@ -3,7 +3,8 @@
 ``python -m bench --practitioner --movie-ckpt CKPT`` runs the practitioner benchmarks instead (model
 quality rather than speed; ``bench.transfer``: adapting a movie model to product reviews;
 ``bench.imbalance``: remedies for an imbalanced training split), or as well when NAMEs are given.
-``--imbalance`` runs ``bench.imbalance`` alone.
+``--imbalance`` runs ``bench.imbalance`` alone. ``--peft`` runs ``bench.peft`` alone (full
+fine-tuning vs LoRA vs a frozen encoder); ``--practitioner`` includes it.
 """
 
 from __future__ import annotations
@@ -60,9 +61,22 @@ def main(argv: list[str] | None = None) -> int:
         help="run bench.imbalance (macro-F1 / PR-AUC of 4 remedies for a 1:10 training split; "
         "about 40 min on 2 cores); --practitioner includes it",
     )
+    parser.add_argument(
+        "--peft",
+        action="store_true",
+        help="run bench.peft (full fine-tuning vs LoRA vs frozen encoder on the movie snippets: "
+        "accuracy, trainable parameters, peak memory, samples/s; about 50 min on 2 cores); "
+        "--practitioner includes it",
+    )
     args = parser.parse_args(argv)
     if args.practitioner and args.movie_ckpt is None:
         parser.error("--practitioner needs --movie-ckpt (tunelab-train experiment=bert_embedded)")
+    if args.peft or args.practitioner:
+        from bench import peft
+
+        peft.main(["--out", str(args.out), *(["--quick"] if args.quick else [])])
+        if not args.practitioner and not args.imbalance and not args.benchmarks:
+            return 0
     if args.imbalance or args.practitioner:
         from bench import imbalance
 

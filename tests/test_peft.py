@@ -240,3 +240,17 @@ def test_bad_lora_settings_name_the_key(override, key, tiny_bert_dir, sentiment_
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert key in str(err.value)
+
+
+def test_lora_checkpoint_for_a_full_model_names_model_peft(lora_run):
+    from omegaconf import OmegaConf
+
+    from tunelab.checkpoint import check_checkpoint_fits
+
+    _, out, _ = lora_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    model_cfg = OmegaConf.create(load_checkpoint(ckpt)["tunelab"]["model"])
+    check_checkpoint_fits(ckpt, model_cfg)  # fits the config it was trained with
+    model_cfg.peft = None
+    with pytest.raises(ValueError, match="model.peft: checkpoint 'lora', now None"):
+        check_checkpoint_fits(ckpt, model_cfg)

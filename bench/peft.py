@@ -126,7 +126,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         delta = f"{100 * (r['test_acc'] - full['test_acc']):+.1f} pt" if full else "—"
         lines.append(
-            f"| {r['variant']} | {r['trainable']:,} | {r['trainable_percent']:.2f}% | "
+            f"| {r['variant']} | {r['trainable']:,} | {r['trainable_percent']:.3g}% | "
             f"{r['peak_rss_mib']:,.0f} MiB | {r['samples_per_s']:.1f} | {r['test_acc']:.4f} | "
             f"{delta} | {r['val_acc']:.4f} | {r['wall_seconds'] / 60:.1f} min |"
         )

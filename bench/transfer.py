@@ -149,7 +149,9 @@ def _row(start, k, epochs, steps, metrics, seconds, prefix="test/") -> dict:
     }
 
 
-def write(rows: list[dict], runs: Path, movie_ckpt: Path, command: str, out: Path) -> Path:
+def write(
+    rows: list[dict], runs: Path, movie_ckpt: Path, command: str, out: Path, info: dict
+) -> Path:
     """Write ``transfer.csv`` and ``transfer.md`` into ``out``."""
     with open(out / "transfer.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -157,7 +159,6 @@ def write(rows: list[dict], runs: Path, movie_ckpt: Path, command: str, out: Pat
         w.writerows(rows)
     ks = sorted({r["k"] for r in rows})
     acc = {(r["start"], r["k"]): r for r in rows}
-    info = machine_info()
     info["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         "# Cross-domain transfer: movie reviews -> product reviews",
@@ -239,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         epochs.setdefault(k or 0, epochs.get(0, 1))
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m bench.transfer", *(argv if argv is not None else sys.argv[1:])])
+    info = machine_info()  # the load average at the start
     rows, runs = run(args.movie_ckpt.resolve(), ks, epochs, args.out, args.quick, args.runs)
-    path = write(rows, runs, args.movie_ckpt.resolve(), command, args.out)
+    path = write(rows, runs, args.movie_ckpt.resolve(), command, args.out, info)
     print(path.read_text())
     return 0
 

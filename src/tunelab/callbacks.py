@@ -130,3 +130,29 @@ class FaultGuard(L.Callback):
         }
         with contextlib.suppress(AttributeError):  # some builtin exceptions take no attributes
             exception.tunelab_context = context  # type: ignore[attr-defined]
+
+
+class GradNormMonitor(L.Callback):
+    """Logs ``train/grad_norm``, the total norm of all gradients, before each optimizer step.
+
+    Exploding or vanishing gradients show here first. Computed only on steps that the trainer
+    logs (``trainer.log_every_n_steps``): one fused norm over all gradients, one device sync.
+
+    Args:
+        norm_type: the p of the p-norm (2 for Euclidean, ``inf`` for the largest entry).
+    """
+
+    def __init__(self, norm_type: float = 2.0) -> None:
+        self.norm_type = float(norm_type)
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
+        if trainer.global_step % max(trainer.log_every_n_steps, 1):
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norms = torch._foreach_norm(grads, self.norm_type)
+        total = torch.linalg.vector_norm(torch.stack(norms), self.norm_type)
+        pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False)

@@ -30,6 +30,7 @@ from tunelab.init_from import init_from_checkpoint
 from tunelab.pruning import pruning_callbacks
 from tunelab.resume import resume_overrides, resumed_config
 from tunelab.slurm import SlurmRequeue, in_slurm_job, requeued_checkpoint
+from tunelab.tuning import run_tuner
 from tunelab.utils.io import atomic_write_json
 from tunelab.utils.run_record import RunRecord, hydra_overrides, run_recorded
 from tunelab.validation import validate_config
@@ -105,6 +106,10 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    if cfg.get("tune"):
+        settings = OmegaConf.to_container(cfg.tune, resolve=True)
+        mode, apply = settings.pop("mode"), settings.pop("apply", True)
+        record.update(tune=run_tuner(trainer, model, datamodule, mode, out_dir, apply, **settings))
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     record.update(data_fingerprint=getattr(datamodule, "fingerprint", None))

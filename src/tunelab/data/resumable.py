@@ -116,14 +116,20 @@ class ResumableDataLoader(DataLoader):
         self.progress = progress
 
     def state_dict(self) -> dict[str, int]:
-        sampler: EpochSampler = self.sampler  # type: ignore[assignment]
+        sampler = self.sampler
+        if not isinstance(sampler, EpochSampler):
+            # Lightning swapped the sampler (`trainer.overfit_batches` uses a sequential one):
+            # the order no longer depends on the epoch, and there is no position to keep.
+            return {}
         done, total = self.progress() if self.progress is not None else (0, len(self))
         if done >= total:  # a checkpoint at the end of an epoch resumes at the next one
             return {"epoch": sampler.epoch + 1, "batches": 0}
         return {"epoch": sampler.epoch, "batches": done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler: EpochSampler = self.sampler  # type: ignore[assignment]
+        sampler = self.sampler
+        if not state or not isinstance(sampler, EpochSampler):
+            return
         sampler.set_epoch(int(state["epoch"]))
         sampler.skip_next(int(state["batches"]) * int(self.batch_size or 1))
 

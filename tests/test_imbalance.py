@@ -264,7 +264,7 @@ def auto_run(tiny_bert_dir, sentiment_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("imbalanced")
     overrides = [
         *tiny_text_overrides(tiny_bert_dir, sentiment_csv),
-        "trainer.max_epochs=3",
+        "trainer.max_epochs=2",
         "data.imbalance_ratio=0.3",
         "model.class_weights=balanced",
         "model.decision_threshold=auto",

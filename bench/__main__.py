@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "--imbalance",
         action="store_true",
         help="run bench.imbalance (macro-F1 / PR-AUC of 4 remedies for a 1:10 training split; "
-        "about 40 min on 2 cores); --practitioner includes it",
+        "about 55 min on 2 shared cores); --practitioner includes it",
     )
     parser.add_argument(
         "--peft",

@@ -200,7 +200,7 @@ def write(rows: list[dict], command: str, out: Path, ratio: float, epochs: int) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.imbalance", description=__doc__)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1, help="1: the measured table")
     parser.add_argument("--ratio", type=float, default=0.1, help="data.imbalance_ratio")
     parser.add_argument("--quick", action="store_true", help="256 training examples: a smoke test")
     parser.add_argument("--only", nargs="*", default=[], choices=list(VARIANTS), metavar="NAME")

@@ -69,6 +69,13 @@ def test_config_composes_and_instantiates(group, option, compose_train, tmp_path
             cfg = compose_train(*overrides)
             assert cfg.accelerator.precision == "bf16-mixed" and cfg.accelerator.compile
             return
+    if group == "encoder":
+        # Text models only; the hub encoders cannot be downloaded here: compose them and check
+        # that the model and the tokenizer follow, instantiate the offline one.
+        cfg = compose_train("experiment=bert_embedded", f"encoder={option}")
+        assert cfg.model.net.pretrained == cfg.data.tokenizer
+        if option != "minilm":
+            return
     if group == "strategy" and option == "fsdp":
         import torch
 
@@ -76,6 +83,8 @@ def test_config_composes_and_instantiates(group, option, compose_train, tmp_path
             cfg = compose_train(*overrides)
             assert type(instantiate(cfg.trainer.strategy)).__name__ == "FSDPStrategy"
             return
+    if group == "encoder":
+        overrides.insert(0, "experiment=bert_embedded")
     cfg = compose_train(*overrides)
     assert isinstance(instantiate(cfg.data, _convert_="partial"), L.LightningDataModule)
     assert isinstance(instantiate(cfg.model, _convert_="partial"), L.LightningModule)

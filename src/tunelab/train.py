@@ -77,7 +77,9 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     model: L.LightningModule = instantiate(cfg.model, _convert_="partial")
     if hasattr(model, "parameter_counts"):
         record.update(parameters=(counts := model.parameter_counts()))
-        log.info("parameters: %(trainable)d trainable of %(total)d (%(trainable_percent)s%%)", counts)
+        log.info(
+            "parameters: %(trainable)d trainable of %(total)d (%(trainable_percent)s%%)", counts
+        )
     if cfg.get("init_from") and not cfg.get("ckpt_path"):  # a resumed run has its own weights
         record.update(init_from=init_from_checkpoint(model, cfg.init_from))
     callbacks = instantiate_dict(cfg.get("callbacks"))

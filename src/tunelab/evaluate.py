@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from tunelab.checkpoint import load_checkpoint, model_from_checkpoint, stored_configs
 from tunelab.cli import run_cli, run_task
 from tunelab.config import config_dir
+from tunelab.console import print_metrics
 from tunelab.domains import evaluate_domains, plan_domains, write_domain_report
-from tunelab.train import final_metrics, instantiate_dict, print_metrics
+from tunelab.train import final_metrics, instantiate_dict
 from tunelab.utils.io import atomic_write_json
 from tunelab.utils.run_record import RunRecord, run_recorded
 from tunelab.validation import validate_config

@@ -26,13 +26,15 @@ from tunelab.checkpoint import (
 from tunelab.cli import run_cli, run_task
 from tunelab.compile_report import CompileReport
 from tunelab.config import config_dir
+from tunelab.console import print_config_tree, print_metrics
 from tunelab.init_from import init_from_checkpoint
+from tunelab.loggers import log_run_end, log_run_start
 from tunelab.pruning import pruning_callbacks
 from tunelab.resume import resume_overrides, resumed_config
 from tunelab.slurm import SlurmRequeue, in_slurm_job, requeued_checkpoint
 from tunelab.tuning import run_tuner
 from tunelab.utils.io import atomic_write_json
-from tunelab.utils.run_record import RunRecord, hydra_overrides, run_recorded
+from tunelab.utils.run_record import RunRecord, hydra_overrides, process_rank, run_recorded
 from tunelab.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float]:
     validate_config(cfg)  # every config problem at once, before anything heavy
+    if cfg.get("extras", {}).get("print_config") and process_rank() == 0:
+        print_config_tree(cfg, save_to=out_dir / "config_tree.log")
     if cfg.get("ckpt_path"):
         check_checkpoint_fits(cfg.ckpt_path, cfg.model)
     if cfg.get("init_from"):
@@ -105,8 +109,7 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     if not loggers:  # logger=none: nothing to send learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_run_start(loggers, cfg, record.data)
 
     if cfg.get("tune"):
         settings = OmegaConf.to_container(cfg.tune, resolve=True)
@@ -142,6 +145,7 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
                 exported = _unsharded(model, trainer, best)
                 exported.export_pretrained(out_dir / "hf_model", datamodule)
     if trainer.is_global_zero:
+        log_run_end(loggers, out_dir, record.data)
         print_metrics(metrics, out_dir)
     return metrics
 
@@ -175,20 +179,6 @@ def _unsharded(model: L.LightningModule, trainer: L.Trainer, best: str) -> L.Lig
     from tunelab.checkpoint import load_checkpoint, model_from_checkpoint
 
     return model_from_checkpoint(load_checkpoint(best), best, compile=False)
-
-
-def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="final metrics")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in sorted(metrics):
-        table.add_row(k, f"{metrics[k]:.4f}")
-    console = Console()
-    console.print(table)
-    console.print(f"run directory: {out_dir}", soft_wrap=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

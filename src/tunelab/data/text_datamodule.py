@@ -393,6 +393,11 @@ class TextDataModule(L.LightningDataModule):
         """Examples per class in the training split (after subsetting), for class weights."""
         return class_counts(_column(self.splits["train"], "labels").to_numpy(), self.num_classes)
 
+    def texts(self, split: str) -> list[str]:
+        """The texts of ``split`` (``train``, ``val`` or ``test``) in its loader's order (for
+        error tables)."""
+        return _column(self.raw_splits[split], "text").to_pylist()
+
     # ---- loaders ---------------------------------------------------------------------------
     def _loader(self, name: str, batch_size: int) -> DataLoader:
         return DataLoader(

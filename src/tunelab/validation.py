@@ -75,6 +75,7 @@ def validate_config(
         checker.check_signature(path, node)
     for rule in (_data_rules, _model_rules, _imbalance_rules, _trainer_rules, _callback_rules):
         rule(checker)
+    _logger_rules(checker)
     _entry_rules(checker)
     if checker.problems:
         raise ConfigError(checker.problems)
@@ -823,6 +824,30 @@ def _callback_rules(ck: _Checker) -> None:
                 f"{path}.monitor",
                 f"{path}.monitor={monitor} is not a metric the model logs: {hint}"
                 f"choose one of {', '.join(sorted(monitors))}",
+            )
+
+
+# The packages an experiment logger needs (any one of them), by the logger's class name.
+_LOGGER_PACKAGES = {
+    "TensorBoardLogger": ("tensorboard", "tensorboardX"),
+    "MLFlowLogger": ("mlflow",),
+    "WandbLogger": ("wandb",),
+}
+
+
+def _logger_rules(ck: _Checker) -> None:
+    """Each logger's package is installed (they are the optional ``tunelab[loggers]``)."""
+    loggers = ck.cfg.get("logger") if isinstance(ck.cfg, DictConfig) else None
+    if not isinstance(loggers, DictConfig):
+        return
+    for name in loggers:
+        target = ck.get(f"logger.{name}._target_")
+        packages = _LOGGER_PACKAGES.get(_short(target)) if isinstance(target, str) else None
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            ck.problem(
+                f"logger.{name}",
+                f"logger.{name} ({_short(target)}) needs {' or '.join(packages)}, which is not "
+                "installed: pip install 'tunelab[loggers]' (or use another logger, e.g. logger=csv)",
             )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +107,27 @@ def test_console_shows_config_tree_epoch_lines_and_final_table(cli_run):
     assert f"{metrics['val/acc']:.4f}" in acc_row and f"{metrics['test/acc']:.4f}" in acc_row
     assert "f1_0" not in table  # per-class scores stay in metrics.json
     assert f"run directory: {run}" in out
+
+
+@needs_fashion_mnist
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux script (a pty)")
+def test_a_terminal_gets_the_rich_progress_bar(tmp_path):
+    cmd = [sys.executable, "-m", "tunelab.train", *CNN, "trainer.max_epochs=1"]
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(TUNELAB_ROOT=str(tmp_path), TUNELAB_DATA_DIR=str(shared_data_dir()))
+    log = tmp_path / "terminal.log"
+    subprocess.run(
+        ["script", "-qec", shlex.join(cmd), str(log)],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    out = log.read_text(encoding="utf-8", errors="replace")
+    assert "━" in out and "Epoch 0/0" in out  # rich's bar (it counts epochs from 0)
+    assert "\nepoch 1/1 " not in out.replace("\r", "\n")  # not the plain lines
+    assert "final metrics" in out
 
 
 def test_progress_bar_follows_the_terminal(monkeypatch):

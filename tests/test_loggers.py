@@ -209,3 +209,42 @@ def test_missing_logger_package_stops_the_run_before_training(compose_train, mon
     out = Path(cfg.paths.output_dir)
     assert not (out / "checkpoints").exists()
     assert json.loads((out / "run_info.json").read_text())["status"] == "failed"
+
+
+def test_every_experiment_config_logs_as_hyperparameters(compose_train, tmp_path):
+    """MLflow's limits (key characters, value length, 100 params a call) hold for our configs."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+
+    from tunelab.loggers import log_run_start
+
+    long = [f"data.label_names=[{','.join(['a_rather_long_label_name'] * 20)}]"]
+    record = {"code": {"git": "0" * 40, "dirty": True}, "command": ["tunelab-train"], "seed": 1}
+    for experiment in sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml")):
+        cfg = compose_train(f"experiment={experiment}", "logger=none")
+        mlflow = MLFlowLogger(experiment, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        tensorboard = TensorBoardLogger(tmp_path / experiment, default_hp_metric=False)
+        log_run_start([mlflow, tensorboard], cfg, {**record, "overrides": long})
+        params = mlflow.experiment.get_run(mlflow.run_id).data.params
+        assert params["model._target_"] == cfg.model._target_
+        assert len(params) > 100 and max(len(v) for v in params.values()) <= 250
+        mlflow.finalize("success")
+        tensorboard.finalize("success")
+
+
+@needs_fashion_mnist  # after the module's run, whose wandb service this reuses
+def test_a_wandb_run_left_open_by_a_failed_job_is_finished(run, tmp_path, compose_train):
+    """In a sweep in one process, a job that failed or was pruned leaves its wandb run open."""
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from tunelab.loggers import log_run_start
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+            mp.setenv(var, str(tmp_path))
+        failed = WandbLogger(offline=True, save_dir=tmp_path).experiment
+        logger = WandbLogger(offline=True, save_dir=tmp_path)
+        log_run_start([logger], compose_train("logger=none"), {})
+        assert logger.experiment.id != failed.id and wandb.run is logger.experiment
+        logger.experiment.finish()

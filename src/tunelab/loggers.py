@@ -10,6 +10,7 @@ CSV logger needs nothing: its files are in the run directory already.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 # (learning_curves.png, confusion_matrix.png, errors.csv, ...); each only if the run wrote it.
 RUN_FILES = ("run_info.json", "metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
 CODE_DIFF = "code.diff"  # uncommitted changes of a dirty checkout
+
+log = logging.getLogger(__name__)
 
 
 def run_summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +68,8 @@ def log_run_start(loggers: list[Logger], cfg: DictConfig, record: dict[str, Any]
         record: the run record (the content of ``run_info.json``).
     """
     params = hyperparameters(cfg, record)
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        _finish_leftover_wandb_run()
     for lg in loggers:
         lg.log_hyperparams(params)  # MLflow: values cut to 250 characters, sent 100 at a time
         if isinstance(lg, TensorBoardLogger):
@@ -72,6 +77,19 @@ def log_run_start(loggers: list[Logger], cfg: DictConfig, record: dict[str, Any]
             _tensorboard_hparams(lg, params, [optimized, optimized.replace("val/", "test/", 1)])
         elif isinstance(lg, MLFlowLogger):
             _mlflow_tags(lg, run_summary(record))
+
+
+def _finish_leftover_wandb_run() -> None:
+    """Finish a wandb run still open in this process, so that this run gets its own.
+
+    ``log_run_end`` finishes each run's wandb run; one still open belongs to an earlier job of a
+    sweep in this process that stopped early (failed or pruned), and WandbLogger would reuse it.
+    """
+    import wandb
+
+    if wandb.run is not None:
+        log.warning("finishing the wandb run %s left open by an earlier job", wandb.run.name)
+        wandb.run.finish(exit_code=1)
 
 
 def _tensorboard_hparams(lg: TensorBoardLogger, params: dict[str, Any], metrics: list[str]) -> None:

@@ -155,3 +155,25 @@ def test_resume_needs_a_run_directory(tmp_path):
     )
     assert proc.returncode != 0
     assert "not a tunelab run directory" in proc.stderr + proc.stdout
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Fashion-MNIST not installed")
+def test_moved_run_directory_resumes_with_its_own_checkpoints(tmp_path):
+    """A run directory moved (rsync'ed from a cluster, renamed) resumes with its best score and
+    tests and exports its own best.ckpt, not the one at the old place."""
+    quick = [*CNN[:-1], "trainer.max_epochs=1", "data.max_train_samples=256", "logger=none"]
+    _finish(_train(tmp_path / "first", quick))
+    old = _run_dir(tmp_path / "first")
+    state = torch.load(old / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    (best_key,) = [k for k in state if k.startswith("ModelCheckpoint{'monitor': 'val/acc'")]
+    score = float(state[best_key]["best_model_score"])
+    run = tmp_path / "moved" / old.name
+    run.parent.mkdir()
+    old.rename(run)
+    _finish(_train(tmp_path / "elsewhere", [f"resume={run}", "trainer.max_epochs=2"]))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_ckpt"] == "checkpoints/best.ckpt"
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    best = state[best_key]
+    assert Path(best["best_model_path"]).parent == (run / "checkpoints").resolve()
+    assert float(best["best_model_score"]) >= score  # the first epoch's score was kept

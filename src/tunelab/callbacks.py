@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -156,3 +157,41 @@ class GradNormMonitor(L.Callback):
         norms = torch._foreach_norm(grads, self.norm_type)
         total = torch.linalg.vector_norm(torch.stack(norms), self.norm_type)
         pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False)
+
+
+class RelocatableModelCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose state survives a moved or copied run directory.
+
+    The state holds absolute paths. When a run directory is moved (rsync'ed from a cluster,
+    renamed) and resumed, Lightning sees another ``dirpath``, drops the best scores and keeps
+    ``best_model_path`` pointing at the old place: the resumed run would then test and export
+    the old directory's checkpoint, or fail where it is gone. Here the paths under the old
+    directory are moved under the new one, and the scores are kept.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # Lightning's key names the class: keep its name, so checkpoints of runs made with the
+        # stock ModelCheckpoint restore into this one and the other way round.
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+
+            def moved(path: str | None) -> str | None:
+                if not path or not Path(path).is_relative_to(old):
+                    return path
+                return str(Path(new) / Path(path).relative_to(old))
+
+            state_dict = {
+                **state_dict,
+                "dirpath": new,
+                "best_model_path": moved(state_dict.get("best_model_path")),
+                "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                "last_model_path": moved(state_dict.get("last_model_path")),
+                "best_k_models": {
+                    moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()
+                },
+            }
+        super().load_state_dict(state_dict)

@@ -145,6 +145,7 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
                 exported = _unsharded(model, trainer, best)
                 exported.export_pretrained(out_dir / "hf_model", datamodule)
     if trainer.is_global_zero:
+        record.update(metrics=metrics)  # the run record the loggers keep carries the results
         log_run_end(loggers, out_dir, record.data)
         print_metrics(metrics, out_dir)
     return metrics

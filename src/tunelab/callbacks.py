@@ -165,9 +165,18 @@ class RelocatableModelCheckpoint(ModelCheckpoint):
     The state holds absolute paths. When a run directory is moved (rsync'ed from a cluster,
     renamed) and resumed, Lightning sees another ``dirpath``, drops the best scores and keeps
     ``best_model_path`` pointing at the old place: the resumed run would then test and export
-    the old directory's checkpoint, or fail where it is gone. Here the paths under the old
-    directory are moved under the new one, and the scores are kept.
+    the old directory's checkpoint, or fail where it is gone. Here, when the checkpoint being
+    loaded lies in this callback's own directory (the same run, moved), the paths under the old
+    directory are moved under the new one and the scores are kept. A new run started from
+    another run's checkpoint (``ckpt_path=``) keeps Lightning's behaviour: it starts its own
+    best.
     """
+
+    _trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer  # setup runs before the checkpoint is restored
 
     @property
     def state_key(self) -> str:
@@ -177,7 +186,7 @@ class RelocatableModelCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
-        if old and new and old != new:
+        if old and new and old != new and self._loading_from(new):
 
             def moved(path: str | None) -> str | None:
                 if not path or not Path(path).is_relative_to(old):
@@ -195,3 +204,8 @@ class RelocatableModelCheckpoint(ModelCheckpoint):
                 },
             }
         super().load_state_dict(state_dict)
+
+    def _loading_from(self, dirpath: str) -> bool:
+        """Whether the checkpoint being restored lies in ``dirpath``."""
+        ckpt = getattr(self._trainer, "ckpt_path", None)
+        return bool(ckpt) and Path(ckpt).resolve().parent == Path(dirpath).resolve()

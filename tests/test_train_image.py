@@ -77,6 +77,11 @@ def test_eval_recomputes_the_test_metrics(trained_run, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == pytest.approx(
         metrics["test/acc"], abs=1e-6
     )
+    # the checkpoint's confusion matrix, as the training run wrote it
+    assert (tmp_path / "confusion_matrix.png").is_file()
+    assert (tmp_path / "confusion_matrix.csv").read_text() == (
+        out / "confusion_matrix.csv"
+    ).read_text()
 
 
 def test_predict_api_and_cli_agree_with_labels(trained_run, tmp_path):

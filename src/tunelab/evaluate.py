@@ -21,6 +21,7 @@ from tunelab.cli import run_cli, run_task
 from tunelab.config import config_dir
 from tunelab.console import print_metrics
 from tunelab.domains import evaluate_domains, plan_domains, write_domain_report
+from tunelab.report import write_test_report
 from tunelab.train import final_metrics, instantiate_dict
 from tunelab.utils.io import atomic_write_json
 from tunelab.utils.run_record import RunRecord, run_recorded
@@ -51,6 +52,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, fl
         if getattr(model, "num_classes", None) == 2:  # the checkpoint's threshold, used above
             extra["decision_threshold"] = model.decision_threshold
         atomic_write_json(out_dir / "metrics.json", {**metrics, **extra})
+        write_test_report(model, datamodule, out_dir)  # confusion matrix, errors.csv
         print_metrics(metrics, out_dir)
     if domains:  # the checkpoint's own test split above is the in-domain reference
         rows = evaluate_domains(domains, model, trainer, in_domain=(metrics, datamodule))

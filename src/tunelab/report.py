@@ -87,22 +87,29 @@ class RunReport(EpochCompleted, L.Callback):
 
     # ---- test set ------------------------------------------------------------------------
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        collected = getattr(pl_module, "collected", None)
-        if not trainer.is_global_zero or collected is None:
-            return
-        probs, labels = collected("test")  # every process holds all of it, also under DDP
-        if not len(labels):
-            return
-        preds = predicted_labels(probs, getattr(pl_module, "decision_threshold", 0.5))
-        names = class_names(trainer.datamodule, probs.shape[-1])
-        matrix = multiclass_confusion_matrix(preds, labels, num_classes=probs.shape[-1])
-        save(confusion_matrix(matrix, names), self.dirpath / CONFUSION_MATRIX)
-        write_matrix(self.dirpath / CONFUSION_MATRIX_CSV, matrix, names)
-        texts = getattr(trainer.datamodule, "texts", None)
-        if texts is not None and self.top_errors > 0:
-            write_errors(
-                self.dirpath / ERRORS, texts("test"), probs, preds, labels, names, self.top_errors
-            )
+        if trainer.is_global_zero:
+            write_test_report(pl_module, trainer.datamodule, self.dirpath, self.top_errors)
+
+
+def write_test_report(
+    model: L.LightningModule, datamodule: Any, dirpath: Path, top_errors: int = 20
+) -> None:
+    """The confusion matrix (PNG and CSV) and, for text data, ``errors.csv`` of the latest test
+    epoch of ``model`` (a tunelab classifier; other modules are skipped)."""
+    collected = getattr(model, "collected", None)
+    if collected is None:
+        return
+    probs, labels = collected("test")  # every process holds all of it, also under DDP
+    if not len(labels):
+        return
+    preds = predicted_labels(probs, getattr(model, "decision_threshold", 0.5))
+    names = class_names(datamodule, probs.shape[-1])
+    matrix = multiclass_confusion_matrix(preds, labels, num_classes=probs.shape[-1])
+    save(confusion_matrix(matrix, names), dirpath / CONFUSION_MATRIX)
+    write_matrix(dirpath / CONFUSION_MATRIX_CSV, matrix, names)
+    texts = getattr(datamodule, "texts", None)
+    if texts is not None and top_errors > 0:
+        write_errors(dirpath / ERRORS, texts("test"), probs, preds, labels, names, top_errors)
 
 
 def class_names(datamodule: Any, num_classes: int) -> list[str]:

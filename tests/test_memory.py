@@ -222,3 +222,51 @@ def test_no_layerwise_decay_keeps_two_groups(tiny_bert_dir, sentiment_csv, tmp_p
     groups = model.configure_optimizers().param_groups
     assert len(groups) == 2 and "lr_scale" not in groups[0] and groups[1]["weight_decay"] == 0.0
     assert {g["lr"] for g in groups} == {model.optimizer_factory.keywords["lr"]}
+
+
+class _Crash(L.Callback):
+    """Fails the run just before training batch ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.at:
+            raise RuntimeError("crash for the test")
+
+
+def test_resume_in_the_middle_of_an_accumulation_window_is_exact(
+    tiny_bert_dir, sentiment_csv, tmp_path
+):
+    """A run that dies halfway through an accumulation window resumes from the checkpoint of
+    the last optimizer step and ends with the weights of an uninterrupted run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    common = [
+        "data.batch_size=8",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.max_epochs=1",
+        "data.max_train_samples=96",
+    ]
+
+    def run(name: str, crash_at: int | None = None, ckpt_path=None):
+        cfg, dm, model = _build(tiny_bert_dir, sentiment_csv, tmp_path / name, overrides=common)
+        last = ModelCheckpoint(
+            dirpath=tmp_path / name, save_top_k=0, save_last=True, every_n_train_steps=1
+        )
+        callbacks = [last] + ([_Crash(crash_at)] if crash_at is not None else [])
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks)
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model
+
+    whole = run("whole")
+    with pytest.raises(RuntimeError, match="crash for the test"):
+        run("part1", crash_at=7)  # batches 0-6 done: 3 optimizer steps and half a window
+    saved = torch.load(tmp_path / "part1" / "last.ckpt", weights_only=False)
+    # written after batch 5, the end of the 3rd window; batch 6's half window is not in it
+    assert saved["global_step"] == 3
+    progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
+    assert progress["processed"] == 6
+    resumed = run("part2", ckpt_path=tmp_path / "part1" / "last.ckpt")
+    for k, v in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k

@@ -7,6 +7,7 @@ turns into thousands of lines of carriage returns).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -18,6 +19,8 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
+
+from tunelab.utils.io import atomic_write_text
 
 # The groups shown first in the config tree, in this order; the rest follow as composed.
 TREE_ORDER = ("data", "model", "trainer", "accelerator", "strategy", "callbacks", "logger")
@@ -168,8 +171,9 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
         )
     Console().print(tree)
     if save_to is not None:
-        with open(save_to, "w", encoding="utf-8") as f:
-            Console(file=f, width=100, color_system=None).print(tree)
+        plain = Console(file=io.StringIO(), width=100, color_system=None)
+        plain.print(tree)
+        atomic_write_text(save_to, plain.file.getvalue())
 
 
 def _yaml(node: Any) -> str:

@@ -15,7 +15,6 @@ metric minus the domain's (positive: worse out of domain).
 
 from __future__ import annotations
 
-import csv
 import inspect
 import math
 from pathlib import Path
@@ -26,7 +25,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from tunelab.config import config_dir
-from tunelab.utils.io import atomic_write_text
+from tunelab.utils.io import atomic_write_csv, atomic_write_text
 
 # The keys of a data config that say which corpus is read and how it is split; every other key
 # (tokenizer, max_length, batch sizes, caps, folders) stays the checkpoint's.
@@ -247,11 +246,9 @@ def write_domain_report(rows: list[dict[str, Any]], out_dir: Path, ckpt_path: st
     """Write ``domain_report.csv`` (full precision) and ``domain_report.md`` into ``out_dir``."""
     columns = list(rows[0])
     out_dir = Path(out_dir)
-    with open(out_dir / "domain_report.csv.tmp", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out_dir / "domain_report.csv.tmp").replace(out_dir / "domain_report.csv")
+    atomic_write_csv(
+        out_dir / "domain_report.csv", columns, ([r.get(c, "") for c in columns] for r in rows)
+    )
 
     metrics = [c for c in columns if c not in ("domain", "in_domain", "n_test", "data_fingerprint")]
     shown = [c for c in metrics if not c.endswith("_drop")]

@@ -15,8 +15,7 @@ work on a headless machine and inside a notebook alike.
 
 from __future__ import annotations
 
-import csv
-import logging
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from tunelab.console import EpochCompleted
 from tunelab.models.metrics import predicted_labels
-
-log = logging.getLogger(__name__)
+from tunelab.utils.io import atomic_write_bytes, atomic_write_csv
 
 LEARNING_CURVES = "learning_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
@@ -121,10 +119,10 @@ def class_names(datamodule: Any, num_classes: int) -> list[str]:
 
 
 def save(fig: Figure, path: Path) -> None:
-    """Write ``fig`` as PNG (to a temporary name first: never a half-written image)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    tmp.replace(path)
+    """Write ``fig`` as PNG, atomically: never a half-written image."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def learning_curves(history: Sequence[dict[str, float]], metric: str = "acc") -> Figure:
@@ -182,13 +180,9 @@ def confusion_matrix(matrix: torch.Tensor, names: Sequence[str]) -> Figure:
 
 def write_matrix(path: Path, matrix: torch.Tensor, names: Sequence[str]) -> None:
     """The confusion matrix as CSV: a header of predicted classes, a row per true class."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *names])
-        for name, row in zip(names, matrix.cpu().long().tolist(), strict=True):
-            writer.writerow([name, *row])
-    tmp.replace(path)
+    counts = matrix.cpu().long().tolist()
+    rows = ([name, *row] for name, row in zip(names, counts, strict=True))
+    atomic_write_csv(path, ["true \\ predicted", *names], rows)
 
 
 def write_errors(
@@ -216,20 +210,16 @@ def write_errors(
     wrong = (preds != labels).nonzero().flatten()
     confidence = probs.gather(1, preds[:, None]).squeeze(1)
     order = wrong[confidence[wrong].argsort(descending=True, stable=True)][:top]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "label", "predicted", "confidence", "p_label", "text"])
-        for i in order.tolist():
-            writer.writerow(
-                [
-                    i,
-                    names[int(labels[i])],
-                    names[int(preds[i])],
-                    f"{float(confidence[i]):.4f}",
-                    f"{float(probs[i, labels[i]]):.4f}",
-                    texts[i],
-                ]
-            )
-    tmp.replace(path)
+    rows = [
+        [
+            i,
+            names[int(labels[i])],
+            names[int(preds[i])],
+            f"{float(confidence[i]):.4f}",
+            f"{float(probs[i, labels[i]]):.4f}",
+            texts[i],
+        ]
+        for i in order.tolist()
+    ]
+    atomic_write_csv(path, ["index", "label", "predicted", "confidence", "p_label", "text"], rows)
     return len(order)

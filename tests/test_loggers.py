@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import compose_cfg, needs_fashion_mnist
+from tests.helpers import compose_cfg, needs_fashion_mnist, shared_data_dir
 from tunelab.config import config_dir
 from tunelab.train import instantiate_dict, train
 from tunelab.validation import ConfigError, validate_config
@@ -209,6 +212,24 @@ def test_missing_logger_package_stops_the_run_before_training(compose_train, mon
     out = Path(cfg.paths.output_dir)
     assert not (out / "checkpoints").exists()
     assert json.loads((out / "run_info.json").read_text())["status"] == "failed"
+
+
+def test_missing_logger_package_through_the_cli(tmp_path):
+    """The console script, with mlflow hidden from the import system: one error line, exit 2."""
+    script = (
+        "import sys; sys.modules['mlflow'] = None\n"  # as if it were not installed
+        "sys.argv = ['tunelab-train', 'logger=mlflow', 'data.max_train_samples=256']\n"
+        "from tunelab.train import main; main()\n"
+    )
+    env = {**os.environ, "TUNELAB_ROOT": str(tmp_path), "TUNELAB_DATA_DIR": str(shared_data_dir())}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: logger.mlflow (MLFlowLogger) needs mlflow" in proc.stderr
+    assert "pip install 'tunelab[loggers]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("outputs/*/*/checkpoints"))
 
 
 def test_every_experiment_config_logs_as_hyperparameters(compose_train, tmp_path):

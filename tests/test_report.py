@@ -130,6 +130,21 @@ def test_a_terminal_gets_the_rich_progress_bar(tmp_path):
     assert "final metrics" in out
 
 
+def test_unknown_progress_bar_style_is_a_config_error(tmp_path):
+    env = {**os.environ, "TUNELAB_ROOT": str(tmp_path), "TUNELAB_DATA_DIR": str(shared_data_dir())}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunelab.train", "callbacks.progress_bar.style=fancy"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: callbacks.progress_bar.style=fancy" in proc.stderr
+    assert "auto, rich, tqdm, plain" in proc.stderr
+    assert not list(tmp_path.glob("outputs/*/*/checkpoints"))
+
+
 def test_progress_bar_follows_the_terminal(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)

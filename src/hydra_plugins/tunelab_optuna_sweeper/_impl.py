@@ -22,14 +22,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ._sampler import TrialSeededSampler
 from ._search_space import SearchSpace, format_value, parse_search_space
-from .config import Direction
+from .config import TRIAL_KEY, Direction
 from .storage import normalize_storage_url, open_storage, register_live_study
 
 log = logging.getLogger(__name__)
 
-# The task config key through which a trial learns who it is (for pruning): set on each job as
-# `++optuna_trial={number: N, study_name: ..., storage: ..., pruner: {...}}`.
-TRIAL_KEY = "optuna_trial"
 RESULTS_FILE = "optimization_results.yaml"
 
 

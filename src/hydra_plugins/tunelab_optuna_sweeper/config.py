@@ -10,6 +10,11 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+# The task config key through which a trial learns who it is (for pruning): set on each job as
+# `++optuna_trial={number: N, study_name: ..., storage: ..., pruner: {...}}`. Internal: the sweep
+# summary leaves it out of the overrides it lists.
+TRIAL_KEY = "optuna_trial"
+
 
 class Direction(Enum):
     minimize = 1

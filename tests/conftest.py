@@ -26,15 +26,17 @@ def compose_train(tmp_path):
 
 @pytest.fixture(scope="session")
 def sentiment_csv(tmp_path_factory) -> Path:
-    """A folder with train.csv and test.csv in a custom column layout with string labels."""
+    """A folder with train.csv and test.csv unlike the defaults: a custom column layout with an
+    extra column, string labels no config knows (``pan``/``rave``), and a test split of 301 rows,
+    larger than one eval batch (128) and not a multiple of it."""
     import csv
 
     folder = tmp_path_factory.mktemp("sentiment")
-    for split, n, seed in (("train", 240, 0), ("test", 60, 1)):
+    for split, n, seed in (("train", 240, 0), ("test", 301, 1)):
         with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["review", "sentiment"])
-            w.writerows(sentiment_rows(n, seed))
+            w.writerow(["reviewer", "review", "sentiment"])
+            w.writerows((f"critic {i % 7}", *row) for i, row in enumerate(sentiment_rows(n, seed)))
     return folder
 
 

@@ -119,7 +119,7 @@ def test_domain_report_rows_and_drops(tiny_ckpt, sentiment_csv, other_domain, tm
         (sentiment_csv.name, "True"),
         (other_domain.name, "False"),
     ]
-    assert [int(r["n_test"]) for r in rows] == [60, 80]  # each domain's own test.csv
+    assert [int(r["n_test"]) for r in rows] == [301, 80]  # each domain's own test.csv
 
     # Each row's metrics are what a plain evaluation of that corpus gives.
     own = json.loads((out / "metrics.json").read_text())

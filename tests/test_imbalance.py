@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import compose_cfg, tiny_text_overrides
+from tests.helpers import POS, compose_cfg, tiny_text_overrides
 from tunelab.checkpoint import load_checkpoint, store_decision_threshold
 from tunelab.data.image_datamodule import ImageDataModule
 from tunelab.data.resumable import ResumableDataLoader
@@ -317,7 +317,7 @@ def test_threshold_is_stored_and_used_by_eval_and_predict(auto_run, tmp_path):
         store_decision_threshold(moved, t)
         rows = predict(moved, texts=texts)
         for row in rows:
-            p1 = row["probabilities"]["positive"]
+            p1 = row["probabilities"][POS]
             if abs(p1 - t) > 1e-5:
                 assert row["label"] == int(p1 >= t), (t, row)
     evaluate(compose_cfg("eval", [f"ckpt_path={moved}", "logger=none"], tmp_path / "eval98"))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.helpers import compose_cfg, tiny_text_overrides
+from tests.helpers import NEG, POS, compose_cfg, tiny_text_overrides
 from tunelab.checkpoint import load_checkpoint, model_from_checkpoint
 from tunelab.predict import predict
 from tunelab.train import train
@@ -158,7 +158,7 @@ def test_merged_export_matches_lora_model_and_loads_without_peft(lora_run, tmp_p
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
-    merged = torch.tensor([[r["negative"], r["positive"]] for r in rows])
+    merged = torch.tensor([[r[NEG], r[POS]] for r in rows])
     ours = _peft_logits(out)
     torch.testing.assert_close(merged, ours.float(), atol=1e-5, rtol=0)
 

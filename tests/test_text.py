@@ -47,10 +47,12 @@ def test_tokenization_is_cached_on_disk(tiny_bert_dir, sentiment_csv, tmp_path):
 
 
 def test_label_names_and_splits(tiny_bert_dir, sentiment_csv, tmp_path):
-    dm = _dm(tiny_bert_dir, sentiment_csv, tmp_path, label_names=["negative", "positive"])
+    dm = _dm(tiny_bert_dir, sentiment_csv, tmp_path, label_names=None, num_classes=None)
     dm.setup()
-    # train.csv (240) splits into train/val; test.csv (60) is the test split.
-    assert len(dm.splits["test"]) == 60
+    # The names come from the file's string labels, sorted; no config named them.
+    assert dm.label_names == ["pan", "rave"] and dm.num_classes == 2
+    # train.csv (240) splits into train/val; test.csv (301) is the test split.
+    assert len(dm.splits["test"]) == 301
     assert len(dm.splits["train"]) + len(dm.splits["val"]) == 240
     row = dm.raw_splits["train"][0]
     assert row["label"] == (

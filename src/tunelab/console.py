@@ -183,9 +183,12 @@ def _yaml(node: Any) -> str:
         return OmegaConf.to_yaml(node)
 
 
+_PER_CLASS = re.compile(r"(precision|recall|f1)_(?!macro$)")  # f1_<class>; f1_macro stays
+
+
 def print_metrics(metrics: Mapping[str, float], out_dir: Path) -> None:
     """The final metrics as one table (a row per metric, a column per stage), then the run
-    directory. Per-class scores (``test/f1_3``) stay in ``metrics.json``: ten classes would
+    directory. Per-class scores (``test/f1_Dress``) stay in ``metrics.json``: ten classes would
     bury the summary."""
     from rich.console import Console
     from rich.table import Table
@@ -194,7 +197,7 @@ def print_metrics(metrics: Mapping[str, float], out_dir: Path) -> None:
     names: list[str] = []
     for k in metrics:
         stage, _, name = k.partition("/")
-        if stage in stages and not re.search(r"_\d+$", name) and name not in names:
+        if stage in stages and not _PER_CLASS.match(name) and name not in names:
             names.append(name)
     names.sort(key=lambda n: (HEADLINE.index(n) if n in HEADLINE else len(HEADLINE), n))
     table = Table(title="final metrics")

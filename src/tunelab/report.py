@@ -101,20 +101,31 @@ def write_test_report(
     if not len(labels):
         return
     preds = predicted_labels(probs, getattr(model, "decision_threshold", 0.5))
-    names = class_names(datamodule, probs.shape[-1])
+    names = class_names(model, datamodule, probs.shape[-1])
     matrix = multiclass_confusion_matrix(preds, labels, num_classes=probs.shape[-1])
-    save(confusion_matrix(matrix, names), dirpath / CONFUSION_MATRIX)
+    total = split_size(datamodule, "test")
+    save(confusion_matrix(matrix, names, of=total), dirpath / CONFUSION_MATRIX)
     write_matrix(dirpath / CONFUSION_MATRIX_CSV, matrix, names)
     texts = getattr(datamodule, "texts", None)
     if texts is not None and top_errors > 0:
-        write_errors(dirpath / ERRORS, texts("test"), probs, preds, labels, names, top_errors)
+        # A limited test (trainer.limit_test_batches, fast_dev_run) saw the split's first
+        # batches: the loader does not shuffle, so those are its first len(labels) texts.
+        evaluated = texts("test")[: len(labels)]
+        write_errors(dirpath / ERRORS, evaluated, probs, preds, labels, names, top_errors)
 
 
-def class_names(datamodule: Any, num_classes: int) -> list[str]:
-    """The data module's label names, or the class indices as text."""
-    names = getattr(datamodule, "label_names", None)
-    if names and len(names) == num_classes:
-        return [str(n) for n in names]
+def split_size(datamodule: Any, split: str) -> int | None:
+    """Examples in a data module's split (None where it does not say)."""
+    splits = getattr(datamodule, "splits", None) or {}
+    return len(splits[split]) if split in splits else None
+
+
+def class_names(model: Any, datamodule: Any, num_classes: int) -> list[str]:
+    """The model's label names (from its data config), the data module's, or the ids."""
+    for owner in (model, datamodule):
+        names = getattr(owner, "label_names", None)
+        if names and len(names) == num_classes:
+            return [str(n) for n in names]
     return [str(i) for i in range(num_classes)]
 
 
@@ -150,11 +161,12 @@ def learning_curves(history: Sequence[dict[str, float]], metric: str = "acc") ->
     return fig
 
 
-def confusion_matrix(matrix: torch.Tensor, names: Sequence[str]) -> Figure:
+def confusion_matrix(matrix: torch.Tensor, names: Sequence[str], of: int | None = None) -> Figure:
     """A confusion matrix (rows: true class, columns: predicted) with its counts written in.
 
     Cells are coloured by the share of their row, so a rare class reads as clearly as a common
-    one; the title gives the accuracy.
+    one; the title gives the accuracy, and says so where only ``total`` of the ``of`` test
+    examples were evaluated (a limited run).
     """
     counts = matrix.cpu().long()
     k = len(names)
@@ -174,7 +186,8 @@ def confusion_matrix(matrix: torch.Tensor, names: Sequence[str]) -> Figure:
     ax.set_ylabel("true")
     total = int(counts.sum())
     accuracy = float(counts.diag().sum()) / max(total, 1)
-    ax.set_title(f"test confusion matrix: {total} examples, accuracy {accuracy:.4f}")
+    what = f"{total} examples" if of is None or of <= total else f"{total} of {of} (limited)"
+    ax.set_title(f"test confusion matrix: {what}, accuracy {accuracy:.4f}")
     return fig
 
 
@@ -223,3 +236,15 @@ def write_errors(
     ]
     atomic_write_csv(path, ["index", "label", "predicted", "confidence", "p_label", "text"], rows)
     return len(order)
+
+
+def limited_evaluation(model: Any, datamodule: Any) -> dict[str, dict[str, int]]:
+    """The val/test splits of which the latest epochs saw only part (``limit_*_batches``,
+    ``fast_dev_run``): ``{"test": {"evaluated": 128, "of": 1057}}``; empty when complete."""
+    collected = getattr(model, "collected", None)
+    out: dict[str, dict[str, int]] = {}
+    for stage in ("val", "test") if collected is not None else ():
+        n, total = len(collected(stage)[1]), split_size(datamodule, stage)
+        if total is not None and 0 < n < total:
+            out[stage] = {"evaluated": n, "of": total}
+    return out

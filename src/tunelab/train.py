@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tunelab.checkpoint import (
     ConfigInCheckpoint,
@@ -30,6 +30,7 @@ from tunelab.console import print_config_tree, print_metrics
 from tunelab.init_from import init_from_checkpoint
 from tunelab.loggers import log_run_end, log_run_start
 from tunelab.pruning import pruning_callbacks
+from tunelab.report import limited_evaluation
 from tunelab.resume import resume_overrides, resumed_config
 from tunelab.slurm import SlurmRequeue, in_slurm_job, requeued_checkpoint
 from tunelab.tuning import run_tuner
@@ -55,6 +56,21 @@ def final_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def prepare_data(datamodule: L.LightningDataModule, cfg: DictConfig) -> dict[str, Any]:
+    """Read the data before the model is built, so that the classes it has (label names from a
+    file, class folders) size the model: they are written into ``cfg.data``, which the model
+    config interpolates and every checkpoint stores. Returns what the run record keeps."""
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    described = datamodule.describe() if hasattr(datamodule, "describe") else {}
+    if "label_names" in described:
+        with open_dict(cfg):
+            cfg.data.num_classes = described["num_classes"]
+            cfg.data.label_names = described["label_names"]
+        log.info("classes: %s", ", ".join(described["label_names"]))
+    return described
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, then validate and test the best checkpoint; return the final metrics.
 
@@ -70,14 +86,15 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     validate_config(cfg)  # every config problem at once, before anything heavy
     if cfg.get("extras", {}).get("print_config") and process_rank() == 0:
         print_config_tree(cfg, save_to=out_dir / "config_tree.log")
-    if cfg.get("ckpt_path"):
-        check_checkpoint_fits(cfg.ckpt_path, cfg.model)
-    if cfg.get("init_from"):
-        check_checkpoint_fits(cfg.init_from, cfg.model, key="init_from")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.accelerator.matmul_precision)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="partial")
+    record.update(data=prepare_data(datamodule, cfg))
+    if cfg.get("ckpt_path"):
+        check_checkpoint_fits(cfg.ckpt_path, cfg.model)
+    if cfg.get("init_from"):
+        check_checkpoint_fits(cfg.init_from, cfg.model, key="init_from")
     model: L.LightningModule = instantiate(cfg.model, _convert_="partial")
     if hasattr(model, "parameter_counts"):
         record.update(parameters=(counts := model.parameter_counts()))
@@ -139,6 +156,9 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
         metrics = final_metrics(val + test)
         metrics_ckpt = {"best_ckpt": str(Path(best).relative_to(out_dir))} if best else {}
         metrics_ckpt.update(extra)
+        if limited := limited_evaluation(model, datamodule):
+            metrics_ckpt["limited_evaluation"] = limited  # the metrics and reports cover these
+            log.warning("limited evaluation: %s", limited)
         if trainer.is_global_zero:
             atomic_write_json(out_dir / "metrics.json", {**metrics, **metrics_ckpt})
             if hasattr(model, "export_pretrained"):

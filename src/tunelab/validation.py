@@ -353,7 +353,7 @@ def _int_at_least(
 
 def _fraction_or_count(ck: _Checker, path: str) -> None:
     v = ck.get(path)
-    if v is _ABSENT:
+    if v is _ABSENT or (path == "data.test_size" and v == "all"):  # all: evaluate every row
         return
     ok = (isinstance(v, float) and 0.0 < v < 1.0) or (_is_int(v) and v > 0)
     if not ok:
@@ -384,8 +384,10 @@ def _data_rules(ck: _Checker) -> None:
         ck,
         "data.num_classes",
         2,
-        "set data.num_classes to the number of classes in the data",
+        "set data.num_classes to the number of classes in the data, or null to take it from "
+        "the data",
         why="is too few: a classifier needs at least 2 classes",
+        none_ok=True,
     )
     for key in ("data.max_train_samples", "data.max_eval_samples"):
         _int_at_least(ck, key, 1, f"set {key} to a positive integer, or null for all", True)
@@ -864,12 +866,14 @@ def _logged_metrics(ck: _Checker) -> set[str]:
             return set()
     except Exception:
         return set()
-    n = ck.get("data.num_classes")
-    n = n if _is_int(n) and n >= 2 else 2
+    n, labels = ck.get("data.num_classes"), ck.get("data.label_names")
+    if not _is_int(n) or n < 2:  # classes taken from the data: known once it is read
+        return set()
+    labels = list(labels) if isinstance(labels, ListConfig) and len(labels) == n else None
     names = {"train/loss", "train/loss_step", "train/loss_epoch", "val/loss"}
     for stage in ("train", "val"):
         names |= set(build_metrics(n, f"{stage}/").keys())
-    return names | {f"val/{name}" for name in imbalance_metric_names(n)}
+    return names | {f"val/{name}" for name in imbalance_metric_names(n, labels)}
 
 
 def _entry_rules(ck: _Checker) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tunelab.data import images as readers
+from tunelab.data.labels import describe_data, settle_labels
 from tunelab.data.resumable import (
     ResumableDataLoader,
     loop_progress,
@@ -78,13 +79,18 @@ class ImageDataModule(L.LightningDataModule):
         source: ``fashion_mnist`` (idx files, the embedded default), ``folder`` (one subfolder
             per class, optionally under ``train/`` and ``test/``), ``npz`` or ``hub``.
         path: folder or file for the source; for ``fashion_mnist`` the idx folder.
-        num_classes: number of classes; checked against the data.
-        label_names: class names, index = label.
+        num_classes: number of classes, checked against the data; None: as many as it has.
+        label_names: class names, index = label; None: the class folders' names (folder), the
+            hub's ``ClassLabel`` names, or the ids as text.
         image_size: images are resized (folder, hub) or checked (idx, npz) to this size.
         in_channels: 1 (grayscale) or 3 (RGB).
         mean: per-channel mean of the [0, 1] pixel values, for normalization.
         std: per-channel standard deviation, for normalization.
         val_size: validation examples taken from the training split (int, or a fraction).
+        test_size: test examples held out from the training split (int, or a fraction of it)
+            when the source has no test split, so the set that picks the best checkpoint never
+            reports the test score; ``"all"``: every image is a test example (evaluating a
+            checkpoint on new data).
         split_seed: seed of the train/validation split; fixed so that runs share one split.
         batch_size: training batch size.
         eval_batch_size: batch size for validation, test and predict (default: ``batch_size``).
@@ -111,13 +117,14 @@ class ImageDataModule(L.LightningDataModule):
         self,
         source: str = "fashion_mnist",
         path: str | None = None,
-        num_classes: int = 10,
+        num_classes: int | None = 10,
         label_names: Sequence[str] | None = None,
         image_size: int = 28,
         in_channels: int = 1,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
         val_size: int | float = 5000,
+        test_size: int | float | str = 0.1,
         split_seed: int = 1234,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
@@ -144,7 +151,17 @@ class ImageDataModule(L.LightningDataModule):
             )
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler={sampler!r} is not one of {SAMPLERS}")
-        if imbalance_ratio is not None and num_classes != 2:
+        if source != "hub" and hub_name is not None:
+            raise ValueError(
+                f"data.hub_name={hub_name} is not read by data.source={source}; to use it, "
+                "choose data=cifar10 (data.source=hub), or drop data.hub_name"
+            )
+        if not (test_size == "all" or isinstance(test_size, int | float)):
+            raise ValueError(
+                f"data.test_size={test_size!r}: use a fraction, a count, or 'all' (every image "
+                "is a test example)"
+            )
+        if imbalance_ratio is not None and num_classes not in (None, 2):
             raise ValueError(
                 f"data.imbalance_ratio={imbalance_ratio} needs binary data (data.num_classes=2, "
                 f"not {num_classes}); drop it"
@@ -160,6 +177,7 @@ class ImageDataModule(L.LightningDataModule):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.val_size = val_size
+        self.test_size = test_size
         self.split_seed = split_seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -176,6 +194,8 @@ class ImageDataModule(L.LightningDataModule):
         self._resident: dict[tuple[str, torch.device], TensorBatchDataset] = {}
         self.splits: dict[str, TensorBatchDataset] = {}
         self.fingerprint: str | None = None
+        # How each split that the source lacks was made (for the run record).
+        self.held_out: dict[str, str] = {}
 
     # ---- reading ---------------------------------------------------------------------------
     def _read(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -238,34 +258,19 @@ class ImageDataModule(L.LightningDataModule):
         if self.splits:
             return
         raw = self._read()
+        top = max(int(y.max()) if len(y) else 0 for _, y in raw.values())
+        found = self.label_names if self.source in ("folder", "hub") else None
+        self.label_names, self.num_classes = settle_labels(
+            found, self.label_names, self.num_classes, top, str(self.path or self.source)
+        )
+        if self.imbalance_ratio is not None and self.num_classes != 2:
+            raise ValueError(
+                f"data.imbalance_ratio={self.imbalance_ratio} needs binary data, but the data "
+                f"has {self.num_classes} classes; drop it"
+            )
         for split, (x, y) in raw.items():
             self._check(split, x, y)
-        if self.label_names and len(self.label_names) != self.num_classes:
-            raise ValueError(
-                f"the data has {len(self.label_names)} classes {self.label_names} but "
-                f"data.num_classes={self.num_classes}"
-            )
-        x, y = raw["train"]
-        if "val" in raw:
-            val = raw["val"]
-            train = (x, y)
-        else:
-            n_val = (
-                int(self.val_size * len(y)) if isinstance(self.val_size, float) else self.val_size
-            )
-            if not 0 < n_val < len(y):
-                raise ValueError(
-                    f"data.val_size={self.val_size} leaves no data for train or val ({len(y)} examples)"
-                )
-            perm = np.random.default_rng(self.split_seed).permutation(len(y))
-            val = (x[perm[:n_val]], y[perm[:n_val]])
-            train = (x[perm[n_val:]], y[perm[n_val:]])
-        test = raw.get("test", val)
-        parts = {
-            "train": self._train_subset(train),
-            "val": _cap(val, self.max_eval_samples),
-            "test": _cap(test, self.max_eval_samples),
-        }
+        parts = self._make_splits(raw)
         h = hashlib.sha256()
         for name, (xs, ys) in parts.items():
             h.update(name.encode())
@@ -280,6 +285,43 @@ class ImageDataModule(L.LightningDataModule):
         }
         log.info("image data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()})
 
+    def _make_splits(
+        self, raw: dict[str, tuple[np.ndarray, np.ndarray]]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Train, validation and test; those the source lacks are held out from its training
+        split with ``split_seed`` (test first, then validation), never the one from the other."""
+        if self.test_size == "all":
+            x = np.concatenate([raw[k][0] for k in ("train", "val", "test") if k in raw])
+            y = np.concatenate([raw[k][1] for k in ("train", "val", "test") if k in raw])
+            return {"test": _cap((x, y), self.max_eval_samples)}
+        train = raw["train"]
+        self.held_out = {}
+        held: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for split, size in (("test", self.test_size), ("val", self.val_size)):
+            if split in raw:
+                continue
+            n = int(size * len(train[1])) if isinstance(size, float) else int(size)
+            if not 0 < n < len(train[1]):
+                raise ValueError(
+                    f"data.{split}_size={size} leaves no data for train or {split} "
+                    f"({len(train[1])} examples)"
+                )
+            # Validation keeps the generator it always had (the same split as before test
+            # splits were held out); the test split gets its own stream.
+            seed = self.split_seed if split == "val" else [self.split_seed, 1]
+            perm = np.random.default_rng(seed).permutation(len(train[1]))
+            held[split] = (train[0][perm[:n]], train[1][perm[:n]])
+            train = (train[0][perm[n:]], train[1][perm[n:]])
+            self.held_out[split] = (
+                f"held out from the training data (data.{split}_size={size}, "
+                f"data.split_seed={self.split_seed})"
+            )
+        return {
+            "train": self._train_subset(train),
+            "val": _cap(raw.get("val", held.get("val")), self.max_eval_samples),
+            "test": _cap(raw.get("test", held.get("test")), self.max_eval_samples),
+        }
+
     def _train_subset(self, pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         keep = train_subset(pair[1], self.split_seed, self.imbalance_ratio, self.max_train_samples)
         return pair if keep is None else (pair[0][keep], pair[1][keep])
@@ -287,6 +329,10 @@ class ImageDataModule(L.LightningDataModule):
     def class_counts(self) -> list[int]:
         """Examples per class in the training split (after subsetting), for class weights."""
         return class_counts(self.splits["train"].labels, self.num_classes)
+
+    def describe(self) -> dict[str, Any]:
+        """What the run's record keeps of the data (after :meth:`setup`)."""
+        return describe_data(self)
 
     # ---- loaders ---------------------------------------------------------------------------
     def _dataset(self, split: str) -> Dataset:

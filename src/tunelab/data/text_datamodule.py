@@ -13,11 +13,12 @@ import lightning as L
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from tunelab.data import text_sources
+from tunelab.data.labels import describe_data, settle_labels
 from tunelab.data.resumable import (
     ResumableDataLoader,
     loop_progress,
@@ -30,6 +31,26 @@ from tunelab.models.pretrained import resolve_pretrained
 log = logging.getLogger(__name__)
 
 SOURCES = ("embedded", "aclimdb", "files", "hub")
+ALL = "all"  # data.test_size=all: the whole data is the test split (evaluating a new file)
+
+# The keys each source reads beyond the common ones, and the data config that sets it up: a key
+# the chosen source does not read is an error, not a silent no-op (data.path=reviews.csv with
+# the embedded corpus would otherwise train on the embedded corpus).
+_SOURCE_KEYS = {
+    "path": {"files": "data=text_files", "aclimdb": "data=text_files data.source=aclimdb"},
+    "hub_name": {"hub": "data=imdb (data.source=hub)"},
+}
+
+
+def _check_source_keys(source: str, **values: object) -> None:
+    for key, value in values.items():
+        readers = _SOURCE_KEYS[key]
+        if value is not None and source not in readers:
+            configs = " or ".join(readers.values())
+            raise ValueError(
+                f"data.{key}={value} is not read by data.source={source}; to use it, choose a "
+                f"data config that reads it ({configs}), or drop data.{key}"
+            )
 
 
 class TextDataModule(L.LightningDataModule):
@@ -51,12 +72,14 @@ class TextDataModule(L.LightningDataModule):
         hub_name: hub dataset name for ``source=hub``.
         text_column: text column of ``files`` and ``hub`` sources.
         label_column: label column of ``files`` and ``hub`` sources.
-        num_classes: number of classes.
-        label_names: class names, index = label id.
+        num_classes: number of classes; None: as many as the data has.
+        label_names: class names, index = label id; None: from the data (sorted string labels,
+            a hub ``ClassLabel``), or the ids as text for integer labels.
         max_length: longest sequence in tokens; longer texts are truncated.
         val_size: fraction (or count) held out for validation when the source has no validation
             split; of the whole data when the test split is carved out too (80/10/10 by default).
-        test_size: fraction (or count) held out for testing when the source has no test split.
+        test_size: fraction (or count) held out for testing when the source has no test split;
+            ``"all"``: the whole data is the test split (evaluating a checkpoint on a new file).
         split_seed: seed of those splits; fixed so that all runs share them.
         batch_size: training batch size.
         eval_batch_size: batch size for validation, test and predict.
@@ -88,11 +111,11 @@ class TextDataModule(L.LightningDataModule):
         hub_name: str | None = None,
         text_column: str = "text",
         label_column: str = "label",
-        num_classes: int = 2,
-        label_names: Sequence[str] | None = ("negative", "positive"),
+        num_classes: int | None = None,
+        label_names: Sequence[str] | None = None,
         max_length: int = 128,
         val_size: float | int = 0.1,
-        test_size: float | int = 0.1,
+        test_size: float | int | str = 0.1,
         split_seed: int = 1234,
         batch_size: int = 16,
         eval_batch_size: int = 64,
@@ -117,7 +140,13 @@ class TextDataModule(L.LightningDataModule):
             )
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler={sampler!r} is not one of {SAMPLERS}")
-        if imbalance_ratio is not None and num_classes != 2:
+        _check_source_keys(source, path=path, hub_name=hub_name)
+        if not (test_size == ALL or isinstance(test_size, int | float)):
+            raise ValueError(
+                f"data.test_size={test_size!r}: use a fraction, a count, or {ALL!r} (the whole "
+                "data is the test split, e.g. to evaluate a checkpoint on a new file)"
+            )
+        if imbalance_ratio is not None and num_classes not in (None, 2):
             raise ValueError(
                 f"data.imbalance_ratio={imbalance_ratio} needs binary data (data.num_classes=2, "
                 f"not {num_classes}); drop it"
@@ -152,6 +181,8 @@ class TextDataModule(L.LightningDataModule):
         self._tokenizer_print: str | None = None
         self.splits: dict[str, Dataset] = {}
         self.fingerprint: str | None = None
+        # How each split that the source lacks was made (for the run record).
+        self.held_out: dict[str, str] = {}
         self.cache_hits: dict[str, bool] = {}
         self.train_lengths: list[int] = []
 
@@ -189,8 +220,9 @@ class TextDataModule(L.LightningDataModule):
 
     def _read(self) -> dict[str, Dataset]:
         if self.source == "embedded":
-            return {"train": text_sources.load_vader_domain(self.domain, self.data_dir)}
-        if self.source == "hub":
+            splits = {"train": text_sources.load_vader_domain(self.domain, self.data_dir)}
+            names = list(self.label_names or text_sources.SENTIMENT_NAMES)
+        elif self.source == "hub":
             if not self.hub_name:
                 raise ValueError("data.source=hub needs data.hub_name (e.g. stanfordnlp/imdb)")
             splits, names = text_sources.load_hub_text(
@@ -204,7 +236,7 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"data.source={self.source} needs data.path (a file or folder)")
         elif self.source == "aclimdb":
             splits = text_sources.read_aclimdb(Path(self.path), self.decode_errors)
-            names = None
+            names = list(self.label_names or text_sources.SENTIMENT_NAMES)  # neg/ = 0, pos/ = 1
         else:
             splits, names = text_sources.read_table_files(
                 Path(self.path),
@@ -217,19 +249,19 @@ class TextDataModule(L.LightningDataModule):
             )
         if names and self.label_names and list(names) != self.label_names:
             log.info("label names from the data: %s", names)
-        if names:
-            self.label_names = list(names)
-        if self.label_names and len(self.label_names) != self.num_classes:
+        top = max(pc.max(_column(ds, "label")).as_py() or 0 for ds in splits.values())
+        self.label_names, self.num_classes = settle_labels(
+            names, self.label_names, self.num_classes, int(top), self._where()
+        )
+        if self.imbalance_ratio is not None and self.num_classes != 2:
             raise ValueError(
-                f"{self._where()}: the data has {len(self.label_names)} classes "
-                f"{self.label_names} but data.num_classes={self.num_classes}; set "
-                f"data.num_classes={len(self.label_names)} (or fix data.label_names)"
+                f"data.imbalance_ratio={self.imbalance_ratio} needs binary data, but "
+                f"{self._where()} has {self.num_classes} classes {self.label_names}; drop it"
             )
         classes = set(_column(splits["train"], "label").to_pylist())
-        if len(classes) == 1:
+        if len(classes) == 1 and self.test_size != ALL:
             (only,) = classes
-            names = self.label_names or []
-            name = names[only] if 0 <= only < len(names) else only
+            name = self.label_names[only] if 0 <= only < len(self.label_names) else only
             raise ValueError(
                 f"{self._where('train')} has one class only ({name!r} in all "
                 f"{len(splits['train'])} rows): a classifier needs examples of at least two "
@@ -246,16 +278,31 @@ class TextDataModule(L.LightningDataModule):
         return f"{what} ({split} split)" if split else what
 
     def _make_splits(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
+        if self.test_size == ALL:  # every row of every file is a test example
+            test = concatenate_datasets(
+                [raw[k] for k in ("train", "validation", "test") if k in raw]
+            )
+            cap = self.max_eval_samples
+            return {"test": test.select(range(cap)) if cap and cap < len(test) else test}
         train = raw["train"]
         test = raw.get("test")
         val_size = self.val_size
+        self.held_out = {}
         if test is None:
+            self.held_out["test"] = (
+                f"held out from the training data (data.test_size={self.test_size}, "
+                f"data.split_seed={self.split_seed})"
+            )
             parts = train.train_test_split(test_size=self.test_size, seed=self.split_seed)
             train, test = parts["train"], parts["test"]
             if isinstance(val_size, float) and isinstance(self.test_size, float):
                 val_size = val_size / (1.0 - self.test_size)  # both are fractions of the whole
         val = raw.get("validation")
         if val is None:
+            self.held_out["val"] = (
+                f"held out from the training data (data.val_size={self.val_size}, "
+                f"data.split_seed={self.split_seed})"
+            )
             parts = train.train_test_split(test_size=val_size, seed=self.split_seed)
             train, val = parts["train"], parts["test"]
         out = {"train": train, "val": val, "test": test}
@@ -379,12 +426,14 @@ class TextDataModule(L.LightningDataModule):
         splits = self._make_splits(raw)
         for name, ds in splits.items():
             self._check_labels(name, ds)
-        self._warn_overlap(splits)
+        if "train" in splits:
+            self._warn_overlap(splits)
         self.raw_splits = splits
         prints = {name: _data_fingerprint(ds) for name, ds in splits.items()}
         self.fingerprint = hashlib.sha256(str(sorted(prints.items())).encode()).hexdigest()[:16]
         self.splits = {name: self._tokenize(name, ds, prints[name]) for name, ds in splits.items()}
-        self.train_lengths = _column(self.splits["train"], "length").to_pylist()
+        if "train" in self.splits:
+            self.train_lengths = _column(self.splits["train"], "length").to_pylist()
         for ds in self.splits.values():
             ds.set_format(columns=["input_ids", "attention_mask", "labels"])
         log.info("text data (%s): %s", self.source, {k: len(v) for k, v in self.splits.items()})
@@ -392,6 +441,10 @@ class TextDataModule(L.LightningDataModule):
     def class_counts(self) -> list[int]:
         """Examples per class in the training split (after subsetting), for class weights."""
         return class_counts(_column(self.splits["train"], "labels").to_numpy(), self.num_classes)
+
+    def describe(self) -> dict[str, Any]:
+        """What the run's record keeps of the data (after :meth:`setup`)."""
+        return describe_data(self)
 
     def texts(self, split: str) -> list[str]:
         """The texts of ``split`` (``train``, ``val`` or ``test``) in its loader's order (for

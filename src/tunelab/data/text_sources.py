@@ -38,6 +38,10 @@ _TABLE_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet":
 _SPLIT_STEMS = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 
 
+# The classes of the binary sentiment sources (the embedded corpora, aclImdb): label 0, 1.
+SENTIMENT_NAMES = ("negative", "positive")
+
+
 def _features(with_id: bool) -> datasets.Features:
     columns = {"text": Value("string"), "label": Value("int64")}
     if with_id:

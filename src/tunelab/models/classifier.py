@@ -92,6 +92,8 @@ class ClassifierModule(L.LightningModule):
             most probable class), or ``"auto"``: 0.5 until ``tunelab-train`` chooses the
             validation-F1-best threshold after training (:meth:`choose_threshold`). Checkpoints
             store the threshold in use.
+        label_names: the class names, index = label id (from the data config; the ids as text
+            when None). Per-class metrics, reports and predictions use them.
     """
 
     def __init__(
@@ -105,12 +107,20 @@ class ClassifierModule(L.LightningModule):
         compile_backend: str = "inductor",
         class_weights: Sequence[float] | Literal["balanced"] | None = None,
         decision_threshold: Threshold = 0.5,
+        label_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         # `from_pretrained` returns modules in eval mode, and Lightning keeps each module's mode:
         # without this, dropout would be off during fine-tuning.
         self.net = net.train()
         self.num_classes = num_classes
+        names = [str(n) for n in label_names] if label_names else None
+        if names is not None and len(names) != num_classes:
+            raise ValueError(
+                f"model.label_names has {len(names)} names {names} for {num_classes} classes; "
+                "it follows data.label_names: give one name per class"
+            )
+        self.label_names = names or [str(i) for i in range(num_classes)]
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.compile_net = compile
@@ -266,7 +276,7 @@ class ClassifierModule(L.LightningModule):
         probs, labels = self.collected(stage)
         if not len(labels) or (self._trainer is not None and self.trainer.sanity_checking):
             return
-        values = imbalance_metrics(probs, labels, self.decision_threshold)
+        values = imbalance_metrics(probs, labels, self.decision_threshold, self.label_names)
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, on_epoch=True)
 
     def _gather_collected(self, stage: str) -> None:

@@ -8,6 +8,8 @@ recall and F1 of each class, and for binary tasks average precision (PR-AUC) and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -27,6 +29,8 @@ from torchmetrics.functional.classification import (
     multiclass_precision,
     multiclass_recall,
 )
+
+from tunelab.data.labels import metric_suffixes
 
 
 def build_metrics(num_classes: int, prefix: str, threshold: float = 0.5) -> MetricCollection:
@@ -71,16 +75,19 @@ def predicted_labels(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tenso
     return probs.argmax(dim=-1)
 
 
-def imbalance_metric_names(num_classes: int) -> list[str]:
+def imbalance_metric_names(num_classes: int, label_names: Sequence[str] | None = None) -> list[str]:
     """The names :func:`imbalance_metrics` returns (without the stage prefix)."""
     names = ["f1_macro"]
-    for c in range(num_classes):
+    for c in metric_suffixes(label_names or [str(i) for i in range(num_classes)]):
         names += [f"precision_{c}", f"recall_{c}", f"f1_{c}"]
     return names + (["pr_auc", "roc_auc"] if num_classes == 2 else [])
 
 
 def imbalance_metrics(
-    probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float = 0.5,
+    label_names: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Macro-F1, per-class precision / recall / F1 and, for two classes, PR-AUC and ROC-AUC.
 
@@ -88,6 +95,8 @@ def imbalance_metrics(
         probs: class probabilities ``(N, C)`` of a whole epoch.
         labels: true labels ``(N,)``.
         threshold: for two classes, predict class 1 where ``P(1) >= threshold``.
+        label_names: the class names; ``<c>`` below is each one made safe for metric keys
+            (:func:`~tunelab.data.labels.metric_suffixes`), or the class index without names.
 
     Returns:
         ``{"f1_macro", "precision_<c>", "recall_<c>", "f1_<c>", ("pr_auc", "roc_auc")}``; a
@@ -102,9 +111,10 @@ def imbalance_metrics(
         "recall": multiclass_recall(preds, labels, **kw),
         "f1": multiclass_f1_score(preds, labels, **kw),
     }
-    for c in range(num_classes):
+    suffixes = metric_suffixes(label_names or [str(i) for i in range(num_classes)])
+    for c, suffix in enumerate(suffixes):
         for name, values in per_class.items():
-            out[f"{name}_{c}"] = values[c]
+            out[f"{name}_{suffix}"] = values[c]
     if num_classes == 2:
         out["pr_auc"] = binary_average_precision(probs[:, 1], labels)
         out["roc_auc"] = binary_auroc(probs[:, 1], labels)

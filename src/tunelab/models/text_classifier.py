@@ -14,6 +14,7 @@ from torch import nn
 
 from tunelab.models.classifier import ClassifierModule, layerwise_lr_scales
 from tunelab.models.peft import apply_lora, is_peft, lora_settings, merged_copy
+from tunelab.utils.io import apply_umask_modes
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class TextClassifier(ClassifierModule):
         try:
             model.save_pretrained(tmp)
             datamodule.tokenizer.save_pretrained(tmp)
+            apply_umask_modes(tmp)  # safetensors writes model.safetensors 0600
             if out_dir.exists():
                 os.replace(out_dir, old)
             os.replace(tmp, out_dir)

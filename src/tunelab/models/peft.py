@@ -133,18 +133,19 @@ def package_reference(folder: str | os.PathLike) -> str | None:
     if not path.is_absolute() or not path.is_dir():
         return None
     path = path.resolve()
-    for entry in sys.path:
-        try:
-            rel = path.relative_to(Path(entry or ".").resolve())
-        except ValueError:
+    # The deepest import root first: site-packages before a checkout on sys.path that holds it.
+    roots = sorted({Path(e or ".").resolve() for e in sys.path}, key=lambda r: -len(r.parts))
+    for root in roots:
+        if not path.is_relative_to(root) or path == root:
             continue
-        if not rel.parts:
+        parts = path.relative_to(root).parts
+        if not parts[0].isidentifier():  # `.venv`, `my-models`: not an importable package
             continue
-        ref = PKG_SCHEME + "/".join(rel.parts)
+        ref = PKG_SCHEME + "/".join(parts)
         try:
             if Path(resolve_pretrained(ref)).resolve() == path:
                 return ref
-        except FileNotFoundError:  # not an importable package, or no config.json there
+        except (FileNotFoundError, ImportError):  # not a package here, or no config.json
             continue
     return None
 

@@ -55,7 +55,9 @@ def test_folder_source_resizes_splits_and_labels(tmp_path):
     )
     dm.setup()
     assert dm.label_names == ["cat", "dog", "eel"]
-    assert len(dm.splits["train"]) == 15 and len(dm.splits["val"]) == 3
+    # no test/ folder: a tenth of the 18 images is held out for testing, then 3 validate
+    assert len(dm.splits["test"]) == 1 and "test" in dm.held_out
+    assert len(dm.splits["train"]) == 14 and len(dm.splits["val"]) == 3
     x, y = next(iter(dm.train_dataloader()))
     assert x.dtype == torch.uint8 and x.shape[1:] == (3, 16, 16)
     assert set(y.tolist()) <= {0, 1, 2}

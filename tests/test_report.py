@@ -20,7 +20,14 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from PIL import Image
 
-from tests.helpers import compose_cfg, needs_fashion_mnist, shared_data_dir, tiny_text_overrides
+from tests.helpers import (
+    NEG,
+    POS,
+    compose_cfg,
+    needs_fashion_mnist,
+    shared_data_dir,
+    tiny_text_overrides,
+)
 from tunelab.console import EpochLines, progress_bar
 from tunelab.report import learning_curves
 from tunelab.train import train
@@ -201,7 +208,7 @@ def test_confusion_matrix_counts_the_test_predictions(cli_run):
     assert float(counts.diag().sum()) / 200 == pytest.approx(metrics["test/acc"], abs=1e-6)
     # each row's recall is the per-class recall the metrics report
     recall_3 = float(counts[3, 3]) / max(int(counts[3].sum()), 1)
-    assert recall_3 == pytest.approx(metrics["test/recall_3"], abs=1e-4)
+    assert recall_3 == pytest.approx(metrics["test/recall_Dress"], abs=1e-4)  # class 3
     assert not (run / "errors.csv").exists()  # image models: the matrix says it
 
 
@@ -231,9 +238,7 @@ def test_errors_csv_lists_the_most_confident_mistakes(tiny_bert_dir, sentiment_c
     train(compose_cfg("train", overrides, tmp_path))
     rows = _read_csv(tmp_path / "errors.csv")
     matrix = _read_csv(tmp_path / "confusion_matrix.csv")
-    wrong = sum(
-        int(r[n]) for r in matrix for n in ("negative", "positive") if n != r["true \\ predicted"]
-    )
+    wrong = sum(int(r[n]) for r in matrix for n in (NEG, POS) if n != r["true \\ predicted"])
     assert len(rows) == min(5, wrong) and wrong > 0
     test_texts = [r[0] for r in _test_split(sentiment_csv)]
     confidences = [float(r["confidence"]) for r in rows]

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import compose_cfg, shared_data_dir, tiny_text_overrides
+from tests.helpers import NEG, POS, compose_cfg, shared_data_dir, tiny_text_overrides
 from tunelab.data.text_datamodule import TextDataModule
 from tunelab.predict import predict
 from tunelab.train import train
@@ -144,7 +144,7 @@ def test_export_loads_in_pipeline_and_agrees(text_run):
     )
     theirs = clf(texts)
     config = json.loads((out / "hf_model" / "config.json").read_text())
-    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["id2label"] == {"0": NEG, "1": POS}  # the data's names
     for mine, other in zip(ours, theirs, strict=True):
         probs = {d["label"]: d["score"] for d in other}
         assert max(probs, key=probs.get) == mine["label_name"]
@@ -166,7 +166,7 @@ def test_mlp_export_loads_without_tunelab(text_run, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
     )
-    assert proc.stdout.strip().splitlines()[-1] in ("positive", "negative")
+    assert proc.stdout.strip().splitlines()[-1] in (POS, NEG)
 
 
 def test_predict_cli_prints_json_lines(text_run, tmp_path):
@@ -184,7 +184,7 @@ def test_predict_cli_prints_json_lines(text_run, tmp_path):
     )
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["input"] for r in rows] == ["a wonderful film", "an awful script"]
-    assert [r["label_name"] for r in rows] == ["positive", "negative"]
+    assert [r["label_name"] for r in rows] == [POS, NEG]
     proc = subprocess.run(
         [sys.executable, "-m", "tunelab.predict", ckpt, "text=This movie is great!"],
         capture_output=True,
@@ -193,10 +193,7 @@ def test_predict_cli_prints_json_lines(text_run, tmp_path):
         env=env,
     )
     (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert row["input"] == "This movie is great!" and set(row["probabilities"]) == {
-        "negative",
-        "positive",
-    }
+    assert row["input"] == "This movie is great!" and set(row["probabilities"]) == {NEG, POS}
 
 
 def test_predict_cli_quotes_free_text():

@@ -226,8 +226,8 @@ class _Checker:
             if isinstance(child, DictConfig) and "_target_" in child:
                 continue  # built into an object; checked as a node of its own
             value = self.get(key_path)
-            if value is _ABSENT:
-                continue
+            if value is _ABSENT or (value is None and _FROM_DATA.fullmatch(str(child._value()))):
+                continue  # null data.num_classes / label_names: filled in once the data is read
             want = hints.get(key, inspect.Parameter.empty)
             if not _type_ok(value, want):
                 self.problem(
@@ -243,6 +243,10 @@ class _Checker:
                     f"{path}.{name}",
                     f"{path}.{name} is missing: {_short(target)} needs it; add {path}.{name}=VALUE",
                 )
+
+
+# Model keys that follow data keys the data module may fill in from the data itself.
+_FROM_DATA = re.compile(r"\$\{data\.(num_classes|label_names)\}")
 
 
 def _type_hints(fn: Any, params: dict[str, inspect.Parameter]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -193,6 +194,37 @@ class ClassifierModule(L.LightningModule):
         stored = (checkpoint.get(CKPT_KEY) or {}).get("decision_threshold")
         if stored is not None and self.num_classes == 2:
             self.decision_threshold = stored
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> ClassifierModule:
+        """The model a ``tunelab-train`` checkpoint holds, from the checkpoint alone.
+
+        Lightning's own version rebuilds a module from ``save_hyperparameters``, which would
+        pickle the network object into every checkpoint; a tunelab checkpoint carries the
+        model's config instead, so this is :func:`tunelab.load_model`, checked to be a ``cls``.
+        ``kwargs`` override model config values (e.g. ``decision_threshold=0.3``).
+        """
+        from tunelab.loading import load_model
+
+        if hparams_file is not None or strict is False:
+            raise ValueError(
+                "tunelab checkpoints carry their own config: load_from_checkpoint takes no "
+                "hparams_file and always loads every weight (strict)"
+            )
+        model = load_model(checkpoint_path, device=map_location or "cpu", **kwargs)
+        if not isinstance(model, cls):
+            raise TypeError(
+                f"{checkpoint_path} holds a {type(model).__name__}, not a {cls.__name__}; "
+                f"use {type(model).__name__}.load_from_checkpoint or tunelab.load_model"
+            )
+        return model
 
     # subclasses -------------------------------------------------------------------------------
     def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor | None]:

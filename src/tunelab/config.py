@@ -25,13 +25,19 @@ def config_dir() -> Path:
     )
 
 
-def new_run_dir(base: str) -> str:
-    """Reserve a fresh directory ``base/<timestamp>[_N]`` and return its path.
+def new_run_dir(base: str, name: object = None, sub: object = None) -> str:
+    """Reserve a fresh directory ``base[/name[/sub]]/<timestamp>[_N]`` and return its path.
 
     ``os.mkdir`` is atomic, so two runs started in the same second get different directories and
-    an existing run directory is never reused. Memoized per process, because Hydra may resolve
-    ``hydra.run.dir`` more than once.
+    an existing run directory is never reused. ``name`` (the run's ``name``) must be one folder
+    name, so that a run stays inside ``base`` (the outputs folder). Memoized per process, because
+    Hydra may resolve ``hydra.run.dir`` more than once.
     """
+    if name is not None:
+        from tunelab.utils.run_dir import check_name
+
+        check_name(str(name))
+        base = str(Path(base) / str(name) / (str(sub) if sub is not None else ""))
     if base in _RUN_DIRS:
         return _RUN_DIRS[base]
     Path(base).mkdir(parents=True, exist_ok=True)

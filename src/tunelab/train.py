@@ -35,6 +35,7 @@ from tunelab.resume import resume_overrides, resumed_config
 from tunelab.slurm import SlurmRequeue, in_slurm_job, requeued_checkpoint
 from tunelab.tuning import run_tuner
 from tunelab.utils.io import atomic_write_json
+from tunelab.utils.run_dir import claimed_cli_run_dir, claimed_run_dir
 from tunelab.utils.run_record import RunRecord, hydra_overrides, process_rank, run_recorded
 from tunelab.validation import validate_config
 
@@ -79,7 +80,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     if cfg.get("resume"):
         cfg = resumed_config(cfg, hydra_overrides())
-    return run_recorded(cfg, _train)
+    run_dir = Path(cfg.paths.output_dir)  # claimed: a second run on it is refused
+    continuing = bool(cfg.get("resume")) or requeued_checkpoint(run_dir) is not None
+    with claimed_run_dir(run_dir, continuing):
+        return run_recorded(cfg, _train)
 
 
 def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float]:
@@ -209,8 +213,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def _main() -> None:
-    sys.argv[1:] = resume_overrides(sys.argv[1:])
-    _hydra_main()
+    sys.argv[1:] = resume_overrides(sys.argv[1:])  # a refused resume is refused here
+    with claimed_cli_run_dir(sys.argv[1:]):  # before Hydra writes into hydra.run.dir
+        _hydra_main()
 
 
 def main() -> None:

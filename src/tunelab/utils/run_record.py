@@ -85,7 +85,13 @@ class RunRecord:
         self.path = Path(run_dir) / "run_info.json"
         if continuing and self.path.is_file():
             # The same run, continued in place: keep its record and note the resume.
-            self.data = json.loads(self.path.read_text())
+            try:
+                self.data = json.loads(self.path.read_text())
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ValueError(
+                    f"{self.path} is not valid JSON ({err}); the run record is damaged. Start "
+                    f"a new run with ckpt_path={Path(run_dir) / 'checkpoints' / 'last.ckpt'}"
+                ) from None
             self.data.setdefault("resumes", []).append(
                 {
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

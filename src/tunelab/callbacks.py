@@ -10,10 +10,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss (or weights); the run stopped before saving it."""
+    """Training produced a NaN or infinite loss, metric or weights; the run stopped before saving
+    it (and is recorded ``failed``)."""
 
 
 class FaultGuard(L.Callback):
@@ -22,7 +24,9 @@ class FaultGuard(L.Callback):
     The loss is checked in ``on_train_batch_end``, which Lightning runs before the
     ``ModelCheckpoint`` callbacks (it moves them to the end of the list), so ``last.ckpt`` keeps
     the last good weights. Weights are checked again whenever a checkpoint is about to be
-    written: a step whose loss was finite can still leave infinite weights behind. When the run
+    written: a step whose loss was finite can still leave infinite weights behind. The epoch
+    averages of the losses and the checkpoint monitors (``val/loss``, ``val/acc``) are checked
+    after each validation and epoch, so a diverged run ends ``failed``. When the run
     fails for any reason, the exception is given a ``tunelab_context`` (stage, step, batch, batch
     size) that the command line turns into advice (e.g. for out-of-memory errors).
 
@@ -108,7 +112,46 @@ class FaultGuard(L.Callback):
                 "accelerator.precision=32-true"
             )
         run = trainer.default_root_dir
+        if not (Path(run) / "checkpoints" / "last.ckpt").is_file():
+            return hint + ", and start the run again."
         return hint + f". Then continue from the last checkpoint: resume={run} with the new value."
+
+    # ---- non-finite epoch metrics ------------------------------------------------------------
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # During training only, and before the checkpoint callbacks (Lightning runs them last)
+        # could keep weights whose validation loss is infinite as the best or the last.
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._check_metrics(trainer, f"after the validation of epoch {trainer.current_epoch}")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch > 0:  # the previous epoch's averages are complete now
+            self._check_metrics(trainer, f"after epoch {trainer.current_epoch - 1}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_metrics(trainer, f"after epoch {trainer.current_epoch}")
+
+    def _check_metrics(self, trainer: L.Trainer, when: str) -> None:
+        """Fail on a non-finite loss or checkpoint monitor (a diverged run is not completed).
+
+        Each finite training step can still add up to an infinite epoch average (a loss of 1e30
+        in float32), and a model can give infinite validation losses on finite training losses.
+        """
+        monitors = {getattr(cb, "monitor", None) for cb in trainer.checkpoint_callbacks}
+        bad = {}
+        for name, value in trainer.callback_metrics.items():
+            if not (name in monitors or name.rpartition("/")[2].startswith("loss")):
+                continue
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = float(value.detach().float().cpu())  # device sync, once per epoch
+            if isinstance(value, float) and not math.isfinite(value):
+                bad[name] = value
+        if bad:
+            listed = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+            raise NonFiniteLossError(
+                f"the run diverged: {listed} {when} (step {trainer.global_step}); the run "
+                "stopped before saving it. " + self._kept(trainer) + self._hint(trainer)
+            )
 
     # ---- context for any failure -------------------------------------------------------------
     def on_exception(
@@ -170,9 +213,30 @@ class RelocatableModelCheckpoint(ModelCheckpoint):
     directory are moved under the new one and the scores are kept. A new run started from
     another run's checkpoint (``ckpt_path=``) keeps Lightning's behaviour: it starts its own
     best.
+
+    Args:
+        save_last_on_epoch_end: also write ``last.ckpt`` at the end of every training epoch
+            (after its validation), whatever the other triggers (``every_n_train_steps``, which
+            Lightning does not allow to combine with ``every_n_epochs``). A run stopped at any
+            point then resumes from its last epoch at worst, with that epoch's validation done.
+        *args, **kwargs: those of Lightning's ``ModelCheckpoint``.
     """
 
     _trainer: L.Trainer | None = None
+
+    def __init__(self, *args: Any, save_last_on_epoch_end: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_last_on_epoch_end = save_last_on_epoch_end
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not (self.save_last_on_epoch_end and self.save_last):
+            return
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        # Not skipped when a step-triggered save already happened at this step: that one was
+        # written before the epoch's validation, and a resume from it would skip the validation.
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

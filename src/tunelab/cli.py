@@ -25,6 +25,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from tunelab.callbacks import NonFiniteLossError
+from tunelab.interrupt import RunInterrupted
+from tunelab.utils.run_record import process_rank
 from tunelab.validation import ConfigError, validate_config
 
 T = TypeVar("T")
@@ -54,6 +56,10 @@ def run_cli(main: Callable[[], T]) -> T:
     """Run a console script's ``main`` body; a user error or run fault exits with one message."""
     try:
         return main()
+    except KeyboardInterrupt:  # Ctrl-C before or after the run (a run reports its own)
+        sys.stdout.flush()
+        sys.stderr.write("interrupted by SIGINT (Ctrl-C)\n")
+        sys.exit(130)
     except Exception as err:
         _exit_if_known(err, None)
         raise
@@ -67,6 +73,12 @@ def run_task(work: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """
     try:
         return work(cfg)
+    except RunInterrupted as err:  # a SystemExit with code 128 + signal: one line, no traceback
+        if process_rank() == 0:
+            sys.stdout.flush()
+            sys.stderr.write(f"{err}\n")
+            sys.stderr.flush()
+        raise
     except Exception as err:
         if not _multirun():
             _exit_if_known(err, cfg)

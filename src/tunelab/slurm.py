@@ -5,9 +5,9 @@ SLURM sends a signal before a job's time limit (``#SBATCH --signal=USR1@90``, wh
 signal handler, at whatever instruction the signal interrupted (possibly halfway through an
 optimizer step), and submitit's preemption signal is USR2, so under submitit Lightning's handler
 may be skipped (submitit#1709, lightning#14610). This callback installs its own handler that only
-sets a flag; at the end of the current training step it saves ``last.ckpt`` (atomically, with the
-data position) and runs ``scontrol requeue``. The requeued job starts the same Hydra job in the
-same directory, and :func:`requeued_checkpoint` finds that ``last.ckpt`` to resume from.
+sets a flag (the mechanism of :mod:`tunelab.interrupt`); after the current optimizer step it saves
+``last.ckpt`` (atomically, with the data position) and runs ``scontrol requeue``. The requeued job
+starts the same Hydra job in the same directory, and :func:`requeued_checkpoint` finds that ``last.ckpt`` to resume from.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+
+from tunelab.interrupt import StepBoundarySignal
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,12 @@ def requeued_checkpoint(run_dir: Path) -> Path | None:
     return last if last.is_file() else None
 
 
-class SlurmRequeue(L.Callback):
+class SlurmRequeue(StepBoundarySignal):
     """On ``signum`` (SIGUSR1): save ``last.ckpt`` after the current step and requeue the job.
 
-    After requeueing, the process waits to be stopped by SLURM (which requeue does) instead of
+    The signal is handled as :class:`tunelab.interrupt.StopOnSignal` handles SIGTERM: noted by
+    the handler, acted on at the next optimizer-step boundary, agreed on by all ranks. After
+    requeueing, the process waits to be stopped by SLURM (which requeue does) instead of
     returning: a result returned now would be taken (by submitit) as the job's final result.
 
     Args:
@@ -66,28 +70,13 @@ class SlurmRequeue(L.Callback):
         on_requeue: Callable[[int], None] | None = None,
         signum: int = signal.SIGUSR1,
     ) -> None:
+        super().__init__((signum,))
         self.checkpoint = Path(checkpoint)
         self.on_requeue = on_requeue
         self.signum = signum
-        self.requested = False
-        self._previous = None
 
-    def _handler(self, signum, frame) -> None:
-        self.requested = True  # act at the next step boundary, where the state is consistent
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After Lightning registered its handlers: ours replaces its SLURM auto-requeue handler.
-        self._previous = signal.signal(self.signum, self._handler)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        requested = self.requested
-        if trainer.world_size > 1:
-            # The signal reaches the ranks at different instants: all must agree on the step at
-            # which they save, or the collective save would hang. One tiny all-reduce a step.
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if not requested:
-            return
-        trainer.save_checkpoint(self.checkpoint)
+    def on_signal_at_step(self, trainer: L.Trainer) -> None:
+        self.save(trainer, self.checkpoint)
         if trainer.is_global_zero:
             job = slurm_job_id()
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
@@ -98,8 +87,3 @@ class SlurmRequeue(L.Callback):
                 self.on_requeue(trainer.global_step)
         while True:  # SLURM stops this job now; the requeued job resumes from the checkpoint
             time.sleep(60)
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None

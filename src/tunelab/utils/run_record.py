@@ -174,14 +174,26 @@ def run_recorded(
     record = RunRecord(
         run_dir, OmegaConf.to_container(cfg, resolve=True), overrides, int(cfg.seed), continuing
     )
+    from tunelab.interrupt import as_interruption, resume_hint, signal_name, sigterm_raises
+
     try:
-        metrics = work(cfg, run_dir, record)
+        with sigterm_raises():  # SIGTERM outside a training stage: recorded, not a silent death
+            metrics = work(cfg, run_dir, record)
     except BaseException as err:
-        # Ctrl-C, or SIGTERM (Lightning raises its SIGTERMException): stopped, not broken.
-        stopped = isinstance(err, KeyboardInterrupt) or type(err).__name__ == "SIGTERMException"
-        status = "interrupted" if stopped else "failed"
-        if type(err).__name__ == "TrialPruned":  # stopped early by an Optuna pruner
-            status = "pruned"
+        # SIGTERM or Ctrl-C: stopped, not broken. Recorded as interrupted with the command that
+        # continues the run; re-raised as RunInterrupted (exit code 128 + signal number).
+        stopped = as_interruption(err)
+        if stopped is not None:
+            resume = resume_hint(stopped, run_dir, cfg.get("task_name"))
+            record.finish(
+                "interrupted",
+                error=f"{signal_name(stopped.signum)}: {stopped}",
+                resume_command=resume,
+            )
+            if stopped is err:
+                raise
+            raise stopped from err
+        status = "pruned" if type(err).__name__ == "TrialPruned" else "failed"  # Optuna pruner
         record.finish(status, error=f"{type(err).__name__}: {err}")
         raise
     record.finish("completed", metrics=metrics)

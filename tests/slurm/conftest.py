@@ -9,6 +9,12 @@ It skips (or fails, when ``TUNELAB_REQUIRE_SLURM`` is set to a non-empty value) 
 the cluster cannot be had: not root, slurm missing and no ``apt-get``, or the harness
 fails.  ``TUNELAB_SKIP_SLURM=1`` skips without trying.  The state dir is
 ``$TUNELAB_SLURM_DIR`` (default ``/tmp/tunelab-slurm``).
+
+``slurm_two_cpus`` is the cluster for tests whose jobs need two CPUs at once (a 2-task DDP job,
+two jobs that must overlap): it skips in the same way where the node has one CPU. The harness
+gives the node the CPUs ``nproc`` counts, i.e. those this process may run on
+(``os.sched_getaffinity``: ``taskset -c 0`` or a 1-CPU container leave one), so a 2-task job
+there would wait forever for a second CPU.
 """
 
 from __future__ import annotations
@@ -187,3 +193,25 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
             os.environ["SLURM_CONF"] = old
         if not already_up:
             _harness("stop", 120)
+
+
+def node_cpus(cluster: SlurmCluster) -> int:
+    """CPUs of the test cluster's node, as slurmctld knows them (``CPUs=`` in slurm.conf)."""
+    out = cluster.run("sinfo", "-h", "-N", "-o", "%c").stdout.split()
+    return int(out[0]) if out else 0
+
+
+@pytest.fixture
+def slurm_two_cpus(slurm_cluster: SlurmCluster) -> SlurmCluster:
+    cpus = node_cpus(slurm_cluster)
+    if cpus < 2:
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        reason = (
+            f"the SLURM node has {cpus} CPU (harness.sh gives it the CPUs this process may use: "
+            f"{usable} of os.cpu_count()={os.cpu_count()}), so a job of 2 tasks or 2 overlapping "
+            "jobs cannot start; run on 2 or more CPUs"
+        )
+        if _truthy("TUNELAB_REQUIRE_SLURM"):
+            pytest.fail(f"TUNELAB_REQUIRE_SLURM is set but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return slurm_cluster

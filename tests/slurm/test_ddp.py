@@ -16,7 +16,7 @@ pytestmark = [
 ]
 
 
-def test_two_task_ddp_job_writes_one_run_directory(slurm_cluster, tmp_path):
+def test_two_task_ddp_job_writes_one_run_directory(slurm_two_cpus, tmp_path):
     overrides = [
         "experiment=cnn_fashion_mnist",
         "data.max_train_samples=1024",
@@ -32,7 +32,7 @@ def test_two_task_ddp_job_writes_one_run_directory(slurm_cluster, tmp_path):
         "hydra.launcher.mem_gb=2",
         "hydra.launcher.timeout_min=10",
     ]
-    _finish(_multirun(slurm_cluster, tmp_path, overrides))
+    _finish(_multirun(slurm_two_cpus, tmp_path, overrides))
 
     (job,) = _job_dirs(tmp_path)  # one run, not one per task
     info = json.loads((job / "run_info.json").read_text())

@@ -44,7 +44,8 @@ def test_sbatch_wrap_writes_file(slurm_cluster: SlurmCluster, tmp_path: Path) ->
     assert out.read_text() == "hello\n"
 
 
-def test_two_one_cpu_jobs_run_concurrently(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+def test_two_one_cpu_jobs_run_concurrently(slurm_two_cpus: SlurmCluster, tmp_path: Path) -> None:
+    slurm_cluster = slurm_two_cpus  # two 1-CPU jobs at once: skipped on a 1-CPU node
     script = _script(
         tmp_path / "sleep.sh",
         'echo "start $(date +%s.%N)" > "$1"\nsleep 5\necho "end $(date +%s.%N)" >> "$1"\n',

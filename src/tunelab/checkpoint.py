@@ -3,10 +3,15 @@
 Each checkpoint carries the resolved ``model`` and ``data`` configs under ``"tunelab"``, so
 ``tunelab-eval`` and ``tunelab-predict`` rebuild the exact model and preprocessing from the
 checkpoint alone; binary classifiers add their ``decision_threshold`` there.
+
+Checkpoints are data, not code (see :mod:`tunelab.safety`): they are read weights-only, and
+their stored configs are checked against an allow-list of targets before anything is built;
+``trust_checkpoint=True`` lifts both checks for a file whose source is trusted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,8 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from tunelab.safety import UntrustedCheckpointError, check_stored_config, torch_load
 
 KEY = "tunelab"
 
@@ -32,18 +39,32 @@ class ConfigInCheckpoint(L.Callback):
 
 
 def load_checkpoint(
-    path: str | Path, require_config: bool = True, mmap: bool = False
+    path: str | Path,
+    require_config: bool = True,
+    mmap: bool = False,
+    *,
+    trust_checkpoint: bool = False,
+    allowed_targets: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Load a tunelab checkpoint on the CPU, with errors that say what is wrong.
+    """Load a tunelab checkpoint on the CPU, safely, with errors that say what is wrong.
+
+    The file is read weights-only (tensors and plain data) and the configs stored in it are
+    checked against the allow-list of targets (:mod:`tunelab.safety`) before anything is built.
 
     Args:
         path: the checkpoint file.
         require_config: also require the model and data configs tunelab stores (any Lightning
             checkpoint with a ``state_dict`` passes otherwise).
         mmap: map the tensors instead of reading them (for looking at shapes only).
+        trust_checkpoint: unpickle anything and build any stored target: only for a file
+            whose source is trusted (config key ``trust_checkpoint``).
+        allowed_targets: further ``_target_`` prefixes or names the stored configs may build
+            (config key ``allowed_targets``).
 
     Raises:
         FileNotFoundError: no file at ``path``.
+        UntrustedCheckpointError: (a ValueError) the file holds more than plain data, or its
+            stored config names a target outside the allow-list.
         ValueError: the file is empty, truncated, not a PyTorch checkpoint, or not a
             Lightning / tunelab checkpoint.
     """
@@ -60,15 +81,20 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path} is empty (0 bytes): its save was cut short; {fix}")
     with open(path, "rb") as f:
         head = f.read(4)
+    trust = bool(trust_checkpoint)
     try:
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+            ckpt = torch_load(path, trust_checkpoint=trust, mmap=mmap)
         except RuntimeError:
             if not mmap:
                 raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)  # legacy format
+            ckpt = torch_load(path, trust_checkpoint=trust)  # legacy format
+    except UntrustedCheckpointError:
+        raise
     except Exception as err:  # torch raises many types for corrupt files
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if "Weights only load failed" in reason:  # torch's advice to unpickle anyway: not here
+            reason = "not a file torch.save wrote"
         if head == b"PK\x03\x04":  # torch.save writes a zip archive
             raise ValueError(
                 f"checkpoint {path} is truncated or corrupt ({size} bytes; {reason}); the copy "
@@ -87,6 +113,10 @@ def load_checkpoint(
         raise ValueError(
             f"checkpoint {path} was not written by tunelab-train (no '{KEY}' entry with the "
             "model and data configs); pass a checkpoint from a tunelab run directory"
+        )
+    if KEY in ckpt:  # before anything reads, merges or builds the stored configs
+        check_stored_config(
+            ckpt[KEY], path, allowed_targets=allowed_targets, trust_checkpoint=trust, prefix=KEY
         )
     return ckpt
 
@@ -127,7 +157,14 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], source: str | Pat
     model.load_state_dict(ckpt["state_dict"])
 
 
-def check_checkpoint_fits(path: str | Path, model_cfg: DictConfig, key: str = "ckpt_path") -> None:
+def check_checkpoint_fits(
+    path: str | Path,
+    model_cfg: DictConfig,
+    key: str = "ckpt_path",
+    *,
+    trust_checkpoint: bool = False,
+    allowed_targets: Iterable[str] = (),
+) -> None:
     """Check, before training starts, that ``ckpt_path`` can be loaded into the configured model.
 
     The checkpoint is memory-mapped and the model is built on the meta device (no weights are
@@ -138,12 +175,19 @@ def check_checkpoint_fits(path: str | Path, model_cfg: DictConfig, key: str = "c
         model_cfg: the model config of this run.
         key: the config key that named the checkpoint (``ckpt_path`` or ``init_from``), for
             the message.
+        trust_checkpoint, allowed_targets: as :func:`load_checkpoint`.
 
     Raises:
         FileNotFoundError, ValueError: as :func:`load_checkpoint`; or the architectures differ
             (the first differing keys and config values are named).
     """
-    ckpt = load_checkpoint(path, require_config=False, mmap=True)
+    ckpt = load_checkpoint(
+        path,
+        require_config=False,
+        mmap=True,
+        trust_checkpoint=trust_checkpoint,
+        allowed_targets=allowed_targets,
+    )
     cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
     if "load_weights" in cfg.get("net", {}):
         cfg.net.load_weights = False
@@ -191,9 +235,25 @@ def _flatten(node: Any, prefix: str) -> dict[str, Any]:
 
 
 def model_from_checkpoint(
-    ckpt: dict[str, Any], source: str | Path, **model_overrides: Any
+    ckpt: dict[str, Any],
+    source: str | Path,
+    *,
+    trust_checkpoint: bool = False,
+    allowed_targets: Iterable[str] = (),
+    **model_overrides: Any,
 ) -> L.LightningModule:
-    """Rebuild the LightningModule a checkpoint was trained with, weights loaded, in eval mode."""
+    """Rebuild the LightningModule a checkpoint was trained with, weights loaded, in eval mode.
+
+    The stored model config is checked against the allow-list of targets first (as
+    :func:`load_checkpoint` does), also for a ``ckpt`` dict that did not come from it.
+    """
+    check_stored_config(
+        ckpt[KEY]["model"],
+        source,
+        allowed_targets=allowed_targets,
+        trust_checkpoint=trust_checkpoint,
+        prefix=f"{KEY}.model",
+    )
     model_cfg, _ = stored_configs(ckpt)
     if "load_weights" in model_cfg.get("net", {}):
         # The checkpoint holds every weight: build the architecture only, no pretrained download.
@@ -205,13 +265,16 @@ def model_from_checkpoint(
     return model.eval()
 
 
-def store_decision_threshold(path: str | Path, threshold: float) -> None:
+def store_decision_threshold(
+    path: str | Path, threshold: float, *, trust_checkpoint: bool = False
+) -> None:
     """Record the decision threshold chosen after training in an existing checkpoint file.
 
-    The file is rewritten atomically (a temporary file renamed over it).
+    The file is rewritten atomically (a temporary file renamed over it). It is read
+    weights-only like any other (``trust_checkpoint`` as :func:`load_checkpoint`).
     """
     from tunelab.utils.checkpoint_io import AtomicCheckpointIO
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch_load(path, trust_checkpoint=trust_checkpoint)
     ckpt.setdefault(KEY, {})["decision_threshold"] = float(threshold)
     AtomicCheckpointIO().save_checkpoint(ckpt, path)

@@ -10,6 +10,7 @@ whatever this run's config says. This is how a movie-review model is adapted to 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -19,7 +20,13 @@ from tunelab.checkpoint import load_checkpoint, state_mismatch
 log = logging.getLogger(__name__)
 
 
-def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, object]:
+def init_from_checkpoint(
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    trust_checkpoint: bool = False,
+    allowed_targets: Iterable[str] = (),
+) -> dict[str, object]:
     """Copy a checkpoint's weights into ``model``; leave everything else of the run fresh.
 
     Call it after building the model and before ``trainer.fit``. The architecture is checked
@@ -30,6 +37,8 @@ def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, 
         model: the model of the new run (a LightningModule), built from this run's config.
         path: a checkpoint written by ``tunelab-train`` (any Lightning checkpoint with a
             ``state_dict`` whose keys and shapes match the model's).
+        trust_checkpoint, allowed_targets: as :func:`tunelab.checkpoint.load_checkpoint` (the
+            file is read weights-only unless trusted).
 
     Returns:
         What to record in ``run_info.json``: the resolved path, and the epoch and global step
@@ -39,7 +48,12 @@ def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, 
         FileNotFoundError, ValueError: as :func:`tunelab.checkpoint.load_checkpoint`, or the
             checkpoint's weights do not fit the model (config key ``init_from``).
     """
-    ckpt = load_checkpoint(path, require_config=False)
+    ckpt = load_checkpoint(
+        path,
+        require_config=False,
+        trust_checkpoint=trust_checkpoint,
+        allowed_targets=allowed_targets,
+    )
     parts = state_mismatch(model.state_dict(), ckpt["state_dict"])
     if parts:
         raise ValueError(

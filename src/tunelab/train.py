@@ -32,6 +32,7 @@ from tunelab.loggers import log_run_end, log_run_start
 from tunelab.pruning import pruning_callbacks
 from tunelab.report import limited_evaluation
 from tunelab.resume import resume_overrides, resumed_config
+from tunelab.safety import checkpoint_trust
 from tunelab.slurm import SlurmRequeue, in_slurm_job, requeued_checkpoint
 from tunelab.tuning import run_tuner
 from tunelab.utils.io import atomic_write_json
@@ -96,9 +97,9 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="partial")
     record.update(data=prepare_data(datamodule, cfg))
     if cfg.get("ckpt_path"):
-        check_checkpoint_fits(cfg.ckpt_path, cfg.model)
+        check_checkpoint_fits(cfg.ckpt_path, cfg.model, **checkpoint_trust(cfg))
     if cfg.get("init_from"):
-        check_checkpoint_fits(cfg.init_from, cfg.model, key="init_from")
+        check_checkpoint_fits(cfg.init_from, cfg.model, key="init_from", **checkpoint_trust(cfg))
     model: L.LightningModule = instantiate(cfg.model, _convert_="partial")
     if hasattr(model, "parameter_counts"):
         record.update(parameters=(counts := model.parameter_counts()))
@@ -106,7 +107,8 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
             "parameters: %(trainable)d trainable of %(total)d (%(trainable_percent)s%%)", counts
         )
     if cfg.get("init_from") and not cfg.get("ckpt_path"):  # a resumed run has its own weights
-        record.update(init_from=init_from_checkpoint(model, cfg.init_from))
+        source = init_from_checkpoint(model, cfg.init_from, **checkpoint_trust(cfg))
+        record.update(init_from=source)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     callbacks.append(ConfigInCheckpoint(cfg.model, cfg.data))
     callbacks.extend(pruning_callbacks(cfg))

@@ -313,6 +313,24 @@ def test_claim_decides_on_the_owner(tmp_path, monkeypatch):
         assert not held.lock.exists()
 
 
+def test_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
+    """A requeued job may land on another node: its earlier run's lock is its own."""
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    lock = {"pid": 4242, "host": "node-3", "slurm_job": "77"}
+    for run, restart in ((tmp_path / "same", 1), (tmp_path / "earlier", 0)):
+        run.mkdir()
+        (run / rd.LOCK_NAME).write_text(json.dumps({**lock, "slurm_restart": restart}))
+    with pytest.raises(rd.RunDirError, match="on host node-3"):
+        rd.claim_run_dir(tmp_path / "same", continuing=True)
+    claim = rd.claim_run_dir(tmp_path / "earlier", continuing=True)
+    assert "SLURM job 77 was requeued" in claim.notes[0]
+    assert json.loads(claim.lock.read_text())["slurm_restart"] == 1
+    rd.release_run_dir(claim.run_dir)
+
+
 # ---- never escaped ----------------------------------------------------------------------------
 def test_name_cannot_leave_the_outputs_folder(tmp_path):
     root = tmp_path / "work"

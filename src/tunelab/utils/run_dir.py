@@ -271,13 +271,26 @@ def _guard(run_dir: Path) -> Iterator[None]:
 
 def _owner() -> dict:
     pid = os.getpid()
-    return {
+    owner = {
         "pid": pid,
         "host": socket.gethostname(),
         "process_start": _process_start(pid),
         "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
     }
+    job = _slurm_job()
+    if job is not None:
+        owner["slurm_job"], owner["slurm_restart"] = job
+    return owner
+
+
+def _slurm_job() -> tuple[str, int] | None:
+    """This SLURM job's id and restart count (a requeued job keeps its id), if in a job."""
+    from tunelab.slurm import in_slurm_job, slurm_job_id
+
+    if not in_slurm_job():
+        return None
+    return slurm_job_id(), int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
 
 
 def _process_start(pid: int) -> str | None:
@@ -310,6 +323,11 @@ def _read_lock_quietly(lock: Path) -> dict:
 def _stale_reason(owner: dict) -> str | None:
     """Why the lock's owner is known to be gone, or None if it may still run."""
     pid, host = owner.get("pid"), owner.get("host")
+    job, restart = _slurm_job(), owner.get("slurm_restart")
+    requeued = job is not None and owner.get("slurm_job") == job[0]
+    if requeued and isinstance(restart, int) and job[1] > restart:
+        # SLURM requeued this job: its earlier run is gone, whichever node it ran on.
+        return f"SLURM job {job[0]} was requeued (restart {job[1]}; the lock is from {restart})"
     if not isinstance(pid, int) or host != socket.gethostname():
         return None  # unreadable, or another host: tunelab cannot tell
     try:

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from tests.helpers import compose_cfg, shared_data_dir
 from tunelab.checkpoint import load_checkpoint, model_from_checkpoint
-from tunelab.safety import UntrustedCheckpointError, check_stored_config
+from tunelab.safety import UntrustedCheckpointError, check_stored_config, checkpoint_trust
 from tunelab.utils.checkpoint_io import AtomicCheckpointIO
 
 # A tiny CNN on 8x8 grayscale images in 3 classes (an .npz written here): trains in seconds.
@@ -202,7 +202,7 @@ def cli_runs(base: Base, tmp_path_factory) -> dict[tuple[str, str], Case]:
             root / "harmless" / "work",
         )
     )
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
         futures = {key: pool.submit(run, script, args, cwd) for key, script, args, cwd in jobs}
         for key, future in futures.items():
             cases[key].proc = future.result()
@@ -276,15 +276,16 @@ def test_trust_checkpoint_loads_an_extra_type(base: Base, cli_runs, tmp_path):
     assert loaded["callbacks"]["Extra"]["saved_on"] == datetime.date(2026, 12, 1)
 
 
-def test_lightning_reads_are_safe(base: Base, tmp_path):
-    """The CheckpointIO behind trainer.fit/validate/test(ckpt_path=) refuses both payloads."""
+def test_lightning_reads_are_weights_only(base: Base, tmp_path):
+    """The CheckpointIO behind trainer.fit/validate/test(ckpt_path=) refuses the pickle payload;
+    Lightning builds nothing from a stored config, so the target payload stays inert there."""
     io = AtomicCheckpointIO()
-    for kind in PAYLOADS:
-        marker = tmp_path / f"{kind}.txt"
-        ckpt = craft(base.ckpt, kind, marker, tmp_path / f"{kind}.ckpt")
-        with pytest.raises(UntrustedCheckpointError, match="trust_checkpoint=true"):
-            io.load_checkpoint(ckpt)
-        assert not marker.exists()
+    marker = tmp_path / "pickle.txt"
+    with pytest.raises(UntrustedCheckpointError, match="trust_checkpoint=true"):
+        io.load_checkpoint(craft(base.ckpt, "pickle", marker, tmp_path / "pickle.ckpt"))
+    assert not marker.exists()
+    io.load_checkpoint(craft(base.ckpt, "target", marker, tmp_path / "target.ckpt"))
+    assert not marker.exists()
     assert io.load_checkpoint(base.run / "checkpoints" / "last.ckpt")["global_step"] > 0
 
 
@@ -303,6 +304,12 @@ def test_allow_list(base: Base, tmp_path):
             check_stored_config(bad, "x.ckpt")
     check_stored_config({"m": {"_target_": "mypkg.Net"}}, "x.ckpt", allowed_targets=["mypkg."])
     check_stored_config({"m": {"_target_": "os.system"}}, "x.ckpt", trust_checkpoint=True)
+    # The targets this run's own model/data config names are allowed (it builds them anyway).
+    own = OmegaConf.create({"model": {"net": {"_target_": "mypkg.Net"}}, "trust_checkpoint": False})
+    allowed = checkpoint_trust(own)["allowed_targets"]
+    check_stored_config({"m": {"_target_": "mypkg.Net"}}, "x.ckpt", allowed_targets=allowed)
+    with pytest.raises(ValueError, match="trust_checkpoint='yes' must be true or false"):
+        checkpoint_trust(OmegaConf.create({"trust_checkpoint": "yes"}))
     ckpt = copy.deepcopy(base.ckpt)
     ckpt["tunelab"]["model"]["scheduler"] = target_payload(tmp_path / "m.txt")
     with pytest.raises(UntrustedCheckpointError, match="scheduler"):

@@ -132,7 +132,7 @@ def check_stored_config(
     extra = tuple(str(a) for a in allowed_targets or ())
     for path, value in _entries(config, prefix):
         if path.rsplit(".", 1)[-1] == "_target_":
-            if not isinstance(value, str) or not target_allowed(value, extra):
+            if not isinstance(value, str) or "${" in value or not target_allowed(value, extra):
                 raise UntrustedCheckpointError(
                     f"checkpoint {source}: its stored config sets {path}={value!r}, which "
                     "tunelab does not build from a checkpoint (allowed: classes of tunelab, "
@@ -189,7 +189,11 @@ def _entries(node: Any, path: str) -> Iterator[tuple[str, Any]]:
 
 def checkpoint_trust(cfg: Any) -> dict[str, Any]:
     """The ``trust_checkpoint`` and ``allowed_targets`` keys of an entry point's config, checked,
-    as keyword arguments for the loaders (:func:`tunelab.checkpoint.load_checkpoint`, ...)."""
+    as keyword arguments for the loaders (:func:`tunelab.checkpoint.load_checkpoint`, ...).
+
+    The targets that the config's own ``model`` and ``data`` name are allowed too: this run
+    builds them anyway (e.g. a custom network resumed from its own checkpoint).
+    """
     trust = cfg.get("trust_checkpoint")
     if trust is None:  # a config recorded before the key existed
         trust = False
@@ -204,4 +208,19 @@ def checkpoint_trust(cfg: Any) -> dict[str, Any]:
             f"allowed_targets={allowed!r} must be a list of target prefixes or names, e.g. "
             "allowed_targets=[mypkg.models.]"
         )
-    return {"trust_checkpoint": trust, "allowed_targets": [str(a) for a in allowed]}
+    own = [
+        str(value)
+        for key in ("model", "data")
+        for path, value in _entries(_plain(cfg.get(key)), key)
+        if path.endswith("._target_") and isinstance(value, str) and "${" not in value
+    ]
+    return {"trust_checkpoint": trust, "allowed_targets": [*map(str, allowed), *own]}
+
+
+def _plain(node: Any) -> Any:
+    """A config node as plain containers, unresolved (``${...}`` stays text, nothing runs)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=False)
+    return node

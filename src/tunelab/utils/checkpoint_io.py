@@ -2,12 +2,15 @@
 
 Writes: a kill or a full disk never leaves a half checkpoint. Reads (``trainer.fit(ckpt_path=)``,
 resume, ``validate``/``test(ckpt_path=)``): weights-only, as :func:`tunelab.safety.torch_load`.
+Lightning restores states and builds nothing from the configs stored in a checkpoint; tunelab's
+own loaders check those (:func:`tunelab.checkpoint.load_checkpoint`, which ``ckpt_path=``,
+``resume=`` and ``init_from=`` go through before training starts).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tunelab.safety import check_stored_config, torch_load
+from tunelab.safety import torch_load
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,22 +28,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     one. If the write fails (killed, disk full), the temporary file is removed and the previous
     checkpoint is left as it was.
 
-    Loads read tensors and plain data only (``weights_only=True``) and check the configs stored
-    under ``"tunelab"`` against the allow-list of targets, whatever Lightning asks for.
+    Loads read tensors and plain data only (``weights_only=True``), whatever Lightning asks for.
 
     Args:
         trust_checkpoint: unpickle anything (config key ``trust_checkpoint``): only for
             checkpoints whose source is trusted.
-        allowed_targets: further ``_target_`` prefixes the stored configs may name (config key
-            ``allowed_targets``).
     """
 
-    def __init__(
-        self, trust_checkpoint: bool = False, allowed_targets: Iterable[str] | None = None
-    ) -> None:
+    def __init__(self, trust_checkpoint: bool = False) -> None:
         super().__init__()
         self.trust_checkpoint = bool(trust_checkpoint)
-        self.allowed_targets = tuple(str(a) for a in allowed_targets or ())
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
@@ -70,13 +67,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         local = str(path)
         if "://" in local:  # remote (fsspec): nothing tunelab can vouch for; Lightning reads it
             return super().load_checkpoint(path, map_location, not self.trust_checkpoint)
-        ckpt = torch_load(local, trust_checkpoint=self.trust_checkpoint, map_location=map_location)
-        if isinstance(ckpt, dict) and isinstance(ckpt.get("tunelab"), dict):
-            check_stored_config(
-                ckpt["tunelab"],
-                local,
-                allowed_targets=self.allowed_targets,
-                trust_checkpoint=self.trust_checkpoint,
-                prefix="tunelab",
-            )
-        return ckpt
+        return torch_load(local, trust_checkpoint=self.trust_checkpoint, map_location=map_location)

@@ -131,7 +131,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
 def _substitute(argv: list[str], world: dict[str, Path], cwd: Path) -> list[str]:
     """The command with its placeholders replaced by the runs and files of ``world``."""
-    text_input = any(a.startswith("text=") or a.endswith(".txt") for a in argv)
+    text_input = any(a.startswith("text=") or a.endswith((".txt", ".csv")) for a in argv)
     resumes = any(a.startswith("resume=") for a in argv)
     cnn = world["cnn"]
     if resumes or argv[0] == "tunelab-reproduce":  # they write into the run: a copy each

@@ -34,6 +34,7 @@ from tunelab.data.images import read_predict_inputs
 from tunelab.data.text_datamodule import TextDataModule
 from tunelab.data.text_inputs import is_table, iter_table_texts
 from tunelab.models.metrics import predicted_labels
+from tunelab.safety import checkpoint_trust
 from tunelab.validation import validate_config
 
 
@@ -44,13 +45,25 @@ class Predictor:
         ckpt_path: a checkpoint written by ``tunelab-train``.
         device: where to run (``cpu``, ``cuda``).
         batch_size: inputs per forward pass.
+        trust_checkpoint, allowed_targets: as :func:`tunelab.checkpoint.load_checkpoint` (read
+            weights-only, stored configs checked against the allow-list, unless trusted).
     """
 
-    def __init__(self, ckpt_path: str | Path, device: str = "cpu", batch_size: int = 64) -> None:
-        ckpt = load_checkpoint(ckpt_path)
+    def __init__(
+        self,
+        ckpt_path: str | Path,
+        device: str = "cpu",
+        batch_size: int = 64,
+        *,
+        trust_checkpoint: bool = False,
+        allowed_targets: Sequence[str] = (),
+    ) -> None:
+        trust = {"trust_checkpoint": trust_checkpoint, "allowed_targets": allowed_targets}
+        ckpt = load_checkpoint(ckpt_path, **trust)  # checked before the data module is built
         _, data_cfg = stored_configs(ckpt)
         self.device = torch.device(device)
-        self.model = model_from_checkpoint(ckpt, ckpt_path, compile=False).to(self.device)
+        self.model = model_from_checkpoint(ckpt, ckpt_path, compile=False, **trust)
+        self.model = self.model.to(self.device)
         self.data = instantiate(data_cfg, _convert_="partial")
         self.batch_size = batch_size
         n = self.model.num_classes
@@ -336,6 +349,7 @@ def predict(
     images: str | Path | None = None,
     device: str = "cpu",
     batch_size: int = 64,
+    trust_checkpoint: bool = False,
 ) -> list[dict[str, Any]]:
     """Classify new texts or images with a trained checkpoint.
 
@@ -345,13 +359,18 @@ def predict(
         images: an image file, a folder of images or an ``.npz`` (image models).
         device: ``cpu`` or ``cuda``.
         batch_size: inputs per forward pass.
+        trust_checkpoint: load a checkpoint that holds more than tensors and plain data, or
+            whose stored config builds other classes (this can run code: only for a trusted
+            file).
 
     Returns:
         One dict per input: ``input``, ``label``, ``label_name``, ``probabilities``.
     """
     if (texts is None) == (images is None):
         raise ValueError("pass exactly one of texts= or images=")
-    predictor = Predictor(ckpt_path, device=device, batch_size=batch_size)
+    predictor = Predictor(
+        ckpt_path, device=device, batch_size=batch_size, trust_checkpoint=trust_checkpoint
+    )
     return predictor.texts(list(texts)) if texts is not None else predictor.images(images)
 
 
@@ -372,7 +391,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]] | PredictionFile:
     if to_file:  # before the model loads: an existing output is refused at once
         check_output(Path(cfg.input), cfg.get("output"), bool(cfg.get("overwrite")))
     device = "cuda" if cfg.accelerator.accelerator in ("gpu", "cuda") else "cpu"
-    predictor = Predictor(cfg.ckpt_path, device=device, batch_size=cfg.batch_size)
+    predictor = Predictor(
+        cfg.ckpt_path, device=device, batch_size=cfg.batch_size, **checkpoint_trust(cfg)
+    )
     if cfg.get("text") is not None:
         return predictor.texts([str(cfg.text)])
     path = Path(cfg.input)

@@ -59,6 +59,7 @@ def check_resume(run: Path, value: str, overrides: list[str]) -> None:
     with open_dict(merged):
         merged.paths.output_dir = str(run)  # Hydra's runtime dir, which is not set up yet
     validate_config(merged)
+    check_same_data(merged, run, value)
     info = run / "run_info.json"
     if info.is_file():
         try:
@@ -119,3 +120,28 @@ def _merged(run: Path, value: str, overrides: list[str]) -> DictConfig:
         merged.resume = str(run)
         merged.ckpt_path = str(run / "checkpoints" / "last.ckpt")
     return merged
+
+
+def check_same_data(cfg: DictConfig, run: Path, value: str) -> None:
+    """Refuse the resume when the data now differs from the data the run was trained on (the
+    fingerprint its ``run_info.json`` holds), unless ``resume_allow_data_change=true``; the run
+    then records both fingerprints (``resume_data_change``)."""
+    try:
+        info = json.loads((run / "run_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no record to compare with (a damaged one is refused below)
+    recorded = (info.get("data") or {}).get("fingerprint") or info.get("data_fingerprint")
+    if not recorded or cfg.get("resume_allow_data_change"):
+        return
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    now = getattr(datamodule, "fingerprint", None)
+    if now is not None and now != recorded:
+        raise ValueError(
+            f"resume={value}: the data differs from the data this run was trained on "
+            f"(fingerprint {recorded}, now {now}); restore it, start a new run with "
+            "ckpt_path=.../last.ckpt, or continue anyway with resume_allow_data_change=true"
+        )

@@ -95,7 +95,10 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
     torch.set_float32_matmul_precision(cfg.accelerator.matmul_precision)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="partial")
-    record.update(data=prepare_data(datamodule, cfg))
+    before = (record.data.get("data") or {}).get("fingerprint")  # a resumed run's
+    record.update(data=(described := prepare_data(datamodule, cfg)))
+    if before and described.get("fingerprint") not in (None, before):  # resume_allow_data_change
+        record.update(resume_data_change={"recorded": before, "now": described["fingerprint"]})
     if cfg.get("ckpt_path"):
         check_checkpoint_fits(cfg.ckpt_path, cfg.model, **checkpoint_trust(cfg))
     if cfg.get("init_from"):

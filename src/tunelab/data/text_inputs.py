@@ -17,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 
 TABLE_KINDS = {".csv": "CSV", ".jsonl": "JSON Lines", ".json": "JSON Lines", ".parquet": "Parquet"}
-BLOCK_ROWS = 4096  # rows per block for Parquet and JSON Lines (CSV blocks are BLOCK_BYTES)
-BLOCK_BYTES = 1 << 20
+BLOCK_ROWS = 4096  # rows per block handed over, at most
+BLOCK_BYTES = 1 << 20  # bytes of CSV parsed at a time
 
 
 def is_table(path: str | Path) -> bool:
@@ -111,9 +111,11 @@ def _csv_blocks(
             strings_can_be_null=True,  # an empty text cell is an error, not the text ""
         ),
     )
-    for batch in reader:
-        texts = batch.column(text_column).to_pylist()
-        yield (batch.column(id_column).to_pylist() if id_column else []), texts
+    for block in reader:
+        for start in range(0, block.num_rows, BLOCK_ROWS):  # zero-copy slices
+            batch = block.slice(start, BLOCK_ROWS)
+            texts = batch.column(text_column).to_pylist()
+            yield (batch.column(id_column).to_pylist() if id_column else []), texts
 
 
 def _parquet_blocks(

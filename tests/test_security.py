@@ -173,7 +173,7 @@ class Case:
 
 @pytest.fixture(scope="session")
 def cli_runs(base: Base, tmp_path_factory) -> dict[tuple[str, str], Case]:
-    """Every CLI run of this file, started together: (payload or 'genuine', entry) -> Case."""
+    """Every CLI run of this file, started together: (payload, entry) -> Case."""
     root = tmp_path_factory.mktemp("cli")
     cases: dict[tuple[str, str], Case] = {}
     jobs = []
@@ -187,21 +187,6 @@ def cli_runs(base: Base, tmp_path_factory) -> dict[tuple[str, str], Case]:
                 ckpt = where / "shared_run" / "checkpoints" / "last.ckpt"
             cases[kind, entry] = Case(ckpt, marker)
             jobs.append(((kind, entry), script, args, where / "work"))
-    genuine = base.run / "checkpoints" / "best.ckpt"
-    for entry in ("eval", "predict"):
-        where = root / f"genuine-{entry}"
-        cases["genuine", entry] = Case(genuine, where / "marker.txt")
-        jobs.append((("genuine", entry), *entry_args(base, entry, genuine, where), where / "work"))
-    harmless = craft(base.ckpt, "harmless", root / "unused", root / "harmless" / "model.ckpt")
-    cases["trusted", "eval"] = Case(harmless, root / "harmless" / "marker.txt")
-    jobs.append(
-        (
-            ("trusted", "eval"),
-            "tunelab-eval",
-            [f"ckpt_path={harmless}", "logger=none", "trust_checkpoint=true"],
-            root / "harmless" / "work",
-        )
-    )
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
         futures = {key: pool.submit(run, script, args, cwd) for key, script, args, cwd in jobs}
         for key, future in futures.items():
@@ -241,38 +226,43 @@ def test_malicious_checkpoint_is_refused(cli_runs, kind: str, entry: str):
         assert "allowed_targets=" in errors[0]
 
 
-def test_genuine_checkpoint_loads_weights_only(base: Base, cli_runs):
-    """tunelab's own checkpoints hold tensors and plain data only: eval and predict run on the
-    safe path, and both best.ckpt and last.ckpt load with ``weights_only=True``."""
+def test_genuine_checkpoint_loads_weights_only(base: Base, tmp_path):
+    """tunelab's own checkpoints hold tensors and plain data only: best.ckpt and last.ckpt load
+    with ``weights_only=True``, and eval and predict (their real configs) run on the safe path."""
+    from tunelab.evaluate import evaluate
+    from tunelab.predict import run as predict_run
+
     for name in ("best.ckpt", "last.ckpt"):
         torch.load(base.run / "checkpoints" / name, weights_only=True)
-    proc = cli_runs["genuine", "eval"].proc
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = list((cli_runs["genuine", "eval"].marker.parent / "work").glob("**/metrics.json"))
-    assert len(metrics) == 1 and "test/acc" in metrics[0].read_text()
-    proc = cli_runs["genuine", "predict"].proc
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 4
+    best = base.run / "checkpoints" / "best.ckpt"
+    metrics = evaluate(compose_cfg("eval", [f"ckpt_path={best}", "logger=none"], tmp_path / "e"))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    rows = predict_run(
+        compose_cfg("predict", [f"ckpt_path={best}", f"input={base.images}"], tmp_path)
+    )
+    assert [r["input"] for r in rows] == [f"{base.images}[{i}]" for i in range(4)]
 
 
-def test_trust_checkpoint_loads_an_extra_type(base: Base, cli_runs, tmp_path):
-    """A checkpoint with a harmless type outside the allow-list is refused by default, loads
-    with trust_checkpoint=true (CLI and Python API), and Lightning's reads follow the flag."""
+def test_trust_checkpoint_loads_an_extra_type(base: Base, tmp_path):
+    """A checkpoint with a harmless type outside the allow-list is refused by default and loads
+    with trust_checkpoint=true: eval's config, the Python API, and Lightning's reads."""
+    from tunelab.evaluate import evaluate
     from tunelab.predict import predict  # the submodule shadows the lazy tunelab.predict
-    # the submodule once anything imports tunelab.predict
 
-    case = cli_runs["trusted", "eval"]
-    assert case.proc.returncode == 0, case.proc.stderr[-3000:]
+    ckpt = craft(base.ckpt, "harmless", tmp_path / "unused", tmp_path / "harmless.ckpt")
     with pytest.raises(UntrustedCheckpointError, match=r"datetime\.date.*trust_checkpoint=true"):
-        load_checkpoint(case.ckpt)
+        load_checkpoint(ckpt)
+    args = [f"ckpt_path={ckpt}", "logger=none"]
     with pytest.raises(UntrustedCheckpointError, match="trust_checkpoint"):
-        predict(case.ckpt, images=base.images)
-    rows = predict(case.ckpt, images=base.images, trust_checkpoint=True)
-    assert len(rows) == 4
+        evaluate(compose_cfg("eval", args, tmp_path / "refused"))
+    trusted = evaluate(compose_cfg("eval", [*args, "trust_checkpoint=true"], tmp_path / "eval"))
+    assert "test/acc" in trusted
+    with pytest.raises(UntrustedCheckpointError, match="trust_checkpoint"):
+        predict(ckpt, images=base.images)
+    assert len(predict(ckpt, images=base.images, trust_checkpoint=True)) == 4
     with pytest.raises(UntrustedCheckpointError):
-        AtomicCheckpointIO().load_checkpoint(case.ckpt)
-    loaded = AtomicCheckpointIO(trust_checkpoint=True).load_checkpoint(case.ckpt)
+        AtomicCheckpointIO().load_checkpoint(ckpt)
+    loaded = AtomicCheckpointIO(trust_checkpoint=True).load_checkpoint(ckpt)
     assert loaded["callbacks"]["Extra"]["saved_on"] == datetime.date(2026, 12, 1)
 
 

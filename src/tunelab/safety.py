@@ -6,9 +6,10 @@ A ``.ckpt`` is a pickle, and unpickling can call any function; the configs store
 * every checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain Python data
   only, plus the types in :data:`SAFE_GLOBALS` (none: tunelab stores its extra state as plain
   dicts, lists, numbers and strings);
-* every ``_target_`` of a stored config must be on an allow-list (:data:`ALLOWED_TARGETS`,
-  extended with the ``allowed_targets`` config key) before anything is built, and a stored
-  config may hold no ``${...}`` interpolation (it was resolved when saved; resolvers can act).
+* every ``_target_`` of a stored config must be on an allow-list before anything is built:
+  classes under :data:`ALLOWED_TARGETS`, functions under :data:`ALLOWED_FUNCTIONS`, whatever the
+  ``allowed_targets`` config key names, and the targets the run's own model/data config names;
+  a stored config may hold no ``${...}`` interpolation (saved resolved; resolvers can act).
 
 ``trust_checkpoint=true`` lifts both checks, for a checkpoint whose source the user trusts.
 """

@@ -13,6 +13,7 @@ code before Hydra, e.g. ``resume=``) in :func:`run_cli`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from tunelab.callbacks import NonFiniteLossError
@@ -45,6 +46,11 @@ _USER_TYPES = (
 )
 
 
+class RunFault(RuntimeError):
+    """A fault that tunelab describes itself: one line, exit code 1 (e.g. every trial of a
+    sweep failed)."""
+
+
 def debug_enabled() -> bool:
     """``HYDRA_FULL_ERROR=1`` or ``TUNELAB_DEBUG=1``: show tracebacks."""
     return any(
@@ -55,6 +61,7 @@ def debug_enabled() -> bool:
 def run_cli(main: Callable[[], T]) -> T:
     """Run a console script's ``main`` body; a user error or run fault exits with one message."""
     try:
+        check_arguments(sys.argv[1:])
         return main()
     except KeyboardInterrupt:  # Ctrl-C before or after the run (a run reports its own)
         sys.stdout.flush()
@@ -63,6 +70,32 @@ def run_cli(main: Callable[[], T]) -> T:
     except Exception as err:
         _exit_if_known(err, None)
         raise
+
+
+def check_arguments(args: list[str]) -> None:
+    """Refuse command-line arguments that are not UTF-8 (Python keeps such bytes as lone
+    surrogates, which the tokenizer, YAML and JSON cannot take), naming the argument."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as err:
+            key = arg.split("=", 1)[0] + "=" if "=" in arg else "argument"
+            bad = arg[err.start : err.end].encode("utf-8", "surrogateescape")
+            at = err.start - (len(key) if "=" in arg else 0)
+            raise ValueError(
+                f"the command-line {key} holds bytes that are not UTF-8 ({bad!r} at character "
+                f"{at}); give it in UTF-8 (convert it, e.g. with iconv -t UTF-8, or use "
+                "a UTF-8 terminal or locale such as LANG=C.UTF-8)"
+            ) from None
+
+
+def report_and_exit(err: BaseException) -> None:
+    """Report ``err`` in one line and exit, where it is known (else return; the caller raises).
+
+    For code that runs under Hydra but outside the task function (a resolver of
+    ``hydra.run.dir``, a sweeper), where Hydra would print its own traceback first.
+    """
+    _exit_if_known(err, None)
 
 
 def run_task(work: Callable[[DictConfig], T], cfg: DictConfig) -> T:
@@ -113,18 +146,13 @@ def describe(err: BaseException, cfg: DictConfig | None = None) -> tuple[str, in
     err = _unwrap(err)
     if isinstance(err, ConfigError):
         return str(err), USER_ERROR
-    if isinstance(err, NonFiniteLossError):
+    if isinstance(err, (NonFiniteLossError, RunFault)):
         return str(err), RUN_FAULT
     if _is_out_of_memory(err):
         return _out_of_memory_message(err, cfg), RUN_FAULT
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" writing {err.filename}" if err.filename else ""
-        return (
-            f"no space left on the device{where} ({err.strerror or err}). Checkpoints and "
-            "outputs are written to a temporary name and renamed, so those saved before are "
-            "intact. Free some space (or point TUNELAB_ROOT / paths.root_dir at a larger disk) "
-            "and continue with resume=RUN_DIR"
-        ), RUN_FAULT
+    os_error = _os_error_behind(err)
+    if os_error is not None and (described := _os_error_message(os_error, err, cfg)) is not None:
+        return described
     if isinstance(err, (MissingMandatoryValue, InterpolationResolutionError)):
         if cfg is not None:  # the config could not even be resolved: list all its problems
             try:
@@ -138,6 +166,57 @@ def describe(err: BaseException, cfg: DictConfig | None = None) -> tuple[str, in
         return str(err), USER_ERROR
     if isinstance(err, _USER_TYPES) and _raised_by_tunelab(err):
         return str(err), USER_ERROR
+    return None
+
+
+def _os_error_behind(err: BaseException) -> OSError | None:
+    """``err`` itself if it is an ``OSError``; else the one behind a failed interpolation (e.g.
+    the run directory ``hydra.run.dir`` names cannot be made) or behind torch's failed write of a
+    checkpoint (``RuntimeError: ... unexpected pos``: torch drops the errno; Python keeps the
+    ``OSError`` of the file's ``write`` as the context)."""
+    if isinstance(err, OSError):
+        return err
+    torch_write = isinstance(err, RuntimeError) and any(
+        text in str(err) for text in ("unexpected pos", "PytorchStreamWriter failed")
+    )
+    if not (torch_write or isinstance(err, InterpolationResolutionError)):
+        return None
+    seen: set[int] = set()
+    inner: BaseException | None = err
+    while inner is not None and id(inner) not in seen:
+        if isinstance(inner, OSError) and inner.errno is not None:
+            return inner
+        seen.add(id(inner))
+        inner = inner.__cause__ or inner.__context__
+    return None
+
+
+def _os_error_message(
+    err: OSError, raised: BaseException, cfg: DictConfig | None = None
+) -> tuple[str, int] | None:
+    """What a full disk, a read-only folder or a missing permission means, and what to do."""
+    saving = " while saving a checkpoint" if isinstance(raised, RuntimeError) else ""
+    run = "RUN_DIR"
+    if cfg is not None and cfg.get("task_name") == "train":
+        with contextlib.suppress(Exception):  # an interpolation that does not resolve here
+            run = str(OmegaConf.select(cfg, "paths.output_dir", default=None) or run)
+    where = f" writing {err.filename}" if err.filename else saving
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = "no space left on the device" if err.errno != errno.EFBIG else "file too large"
+        return (
+            f"{what}{where} ({err.strerror or err}). Checkpoints and "
+            "outputs are written to a temporary name and renamed, so those saved before are "
+            "intact. Free some space (or point TUNELAB_ROOT / paths.root_dir at a larger disk) "
+            f"and continue with resume={run}"
+        ), RUN_FAULT
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        name = err.filename or "a file" + saving
+        need = "write" if err.errno == errno.EROFS else "read or write"
+        return (
+            f"cannot {need} {name}: {err.strerror or err}. Give tunelab folders it can write: "
+            "TUNELAB_ROOT or paths.root_dir for runs, hydra.run.dir for one run, data.cache_dir "
+            "for the data caches (or fix the permissions)"
+        ), USER_ERROR
     return None
 
 

@@ -40,16 +40,22 @@ def new_run_dir(base: str, name: object = None, sub: object = None) -> str:
         base = str(Path(base) / str(name) / (str(sub) if sub is not None else ""))
     if base in _RUN_DIRS:
         return _RUN_DIRS[base]
-    Path(base).mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    for n in range(1000):
-        path = Path(base) / (stamp if n == 0 else f"{stamp}_{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        _RUN_DIRS[base] = str(path)
-        return str(path)
+    try:
+        Path(base).mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        for n in range(1000):
+            path = Path(base) / (stamp if n == 0 else f"{stamp}_{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            _RUN_DIRS[base] = str(path)
+            return str(path)
+    except OSError as err:  # a read-only or full disk: one line, not Hydra's traceback
+        from tunelab.cli import report_and_exit
+
+        report_and_exit(err)
+        raise
     raise RuntimeError(f"could not create a new run directory under {base}")
 
 

@@ -14,18 +14,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from tunelab.config import new_run_dir
 from tunelab.utils.run_record import code_version
 
 
 def _load(run_dir: Path) -> tuple[dict, dict]:
+    """The run's record and metrics, after checking that its three record files are readable."""
     info_path, metrics_path = run_dir / "run_info.json", run_dir / "metrics.json"
-    for p in (info_path, metrics_path, run_dir / ".hydra" / "config.yaml"):
+    config_path = run_dir / ".hydra" / "config.yaml"
+    for p in (info_path, metrics_path, config_path):
         if not p.is_file():
             raise FileNotFoundError(
                 f"{p} not found: tunelab-reproduce needs a finished tunelab run directory"
             )
-    return json.loads(info_path.read_text()), json.loads(metrics_path.read_text())
+    damaged = "the run's record is damaged, so it cannot be re-run as recorded (restore the file "
+    damaged += "from a copy of the run)"
+    try:
+        config = OmegaConf.load(config_path)
+    except Exception as err:  # YAML, encoding
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"{config_path} cannot be read ({type(err).__name__}: {first}); {damaged}"
+        ) from None
+    if not isinstance(config, DictConfig):
+        raise ValueError(f"{config_path} holds no config mapping; {damaged}")
+    return _json_object(info_path, damaged), _json_object(metrics_path, damaged)
+
+
+def _json_object(path: Path, damaged: str) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not valid JSON ({err}); {damaged}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; {damaged}")
+    return value
 
 
 def compare(recorded: dict, new: dict, tolerance: float) -> list[tuple[str, float, float, bool]]:
@@ -58,7 +83,12 @@ def reproduce(run_dir: Path, tolerance: float = 0.0) -> tuple[Path, list]:
             f"current {now.get('git')} (dirty={now.get('dirty')})",
             file=sys.stderr,
         )
-    subprocess.run(cmd, check=True)
+    try:
+        subprocess.run(cmd, check=True)
+    except subprocess.CalledProcessError:
+        if not any(target.iterdir()):  # the re-run failed before writing: leave no empty folder
+            target.rmdir()
+        raise
     new = json.loads((target / "metrics.json").read_text())
     return target, compare(recorded, new, tolerance)
 
@@ -73,9 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         target, rows = reproduce(args.run_dir, args.tolerance)
-    except (FileNotFoundError, subprocess.CalledProcessError) as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except subprocess.CalledProcessError as err:  # the re-run printed its own error line
+        print(f"tunelab-reproduce: the re-run failed (exit code {err.returncode})", file=sys.stderr)
+        return err.returncode
     width = max(len(r[0]) for r in rows)
     for key, old, new, ok in rows:
         print(f"{key:<{width}}  {old:.6f}  {new:.6f}  {'ok' if ok else 'DIFFERS'}")

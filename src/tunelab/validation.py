@@ -895,6 +895,9 @@ def _entry_rules(ck: _Checker) -> None:
         ck.problem("ckpt_path", f"ckpt_path={_show(ckpt)} must be the path of a checkpoint file")
     _init_from_rules(ck, ckpt)
     _eval_domain_rules(ck)
+    seed = ck.get("seed")  # lightning.seed_everything takes 0 .. 2**32 - 1 (None: a random one)
+    if seed is not _ABSENT and seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):
+        ck.problem("seed", f"seed={_show(seed)} must be an integer in [0, 2**32), e.g. seed=42")
     if task != "predict":
         return
     text, source = ck.get("text"), ck.get("input")

@@ -122,10 +122,19 @@ class TunelabOptunaSweeperImpl(Sweeper):
         self._log_best(study)
         state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
         if not any(state[n] in (TrialState.COMPLETE, TrialState.PRUNED) for n in mine):
-            raise RuntimeError(
-                f"all {len(mine)} trial(s) of this sweep failed; their errors are logged above "
-                f"and in each run's run_info.json under {sweep_dir}"
+            from tunelab.cli import RunFault, report_and_exit
+
+            trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+            errors = Counter(str(trials[n].user_attrs.get("error", "no result")) for n in mine)
+            (first, count), *others = errors.most_common()
+            share = "all" if count == len(mine) else f"{count} of them"
+            err = RunFault(
+                f"all {len(mine)} trial(s) of this sweep failed, {share} with: {first}"
+                + (f" ({len(others)} other error(s) logged above)" if others else "")
+                + f". Each trial's error is in its run_info.json under {sweep_dir}"
             )
+            report_and_exit(err)  # one line, not Hydra's traceback (unless debugging)
+            raise err
 
     # -- the study ---------------------------------------------------------------------------
 
@@ -194,12 +203,20 @@ class TunelabOptunaSweeperImpl(Sweeper):
         elif state == TrialState.PRUNED:
             log.info("trial %d: %s", trial.number, error)
         else:
+            from tunelab.cli import describe
+
+            known = describe(error) if isinstance(error, BaseException) else None
+            text = known[0] if known else str(error)
+            if isinstance(error, BaseException) and not known:
+                text = f"{type(error).__name__}: {error}"
+            trial.set_user_attr("error", text.strip().splitlines()[0] if text.strip() else text)
             log.warning(
                 "trial %d failed (%s): %s; the sweep goes on",
                 trial.number,
                 trial.params,
-                error,
-                exc_info=error if isinstance(error, BaseException) else None,
+                text,
+                # A user error or a known fault is its message; a bug keeps its traceback.
+                exc_info=error if isinstance(error, BaseException) and not known else None,
             )
         try:
             study.tell(trial, value, state=state)

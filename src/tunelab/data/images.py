@@ -7,6 +7,7 @@ same decoding and resizing as training did.
 from __future__ import annotations
 
 import logging
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,31 @@ def pil_to_array(img: Image.Image, image_size: int, in_channels: int) -> np.ndar
 
 
 def read_image_file(path: Path, image_size: int, in_channels: int) -> np.ndarray:
-    """Read one image file; an unreadable file raises ``ValueError`` naming it."""
+    """Read one image file; an unreadable file raises ``ValueError`` naming it.
+
+    An image of more than Pillow's ``Image.MAX_IMAGE_PIXELS`` pixels (89.5 million) is read
+    with a warning naming it; one of more than twice that is refused: such a file is most often
+    a decompression bomb (a small file that decodes to gigabytes), and tunelab shrinks every
+    image to ``data.image_size`` anyway.
+    """
     try:
-        with Image.open(path) as img:
-            return pil_to_array(img, image_size, in_channels)
+        with warnings.catch_warnings():
+            # Pillow's own warning does not name the file: ours below does.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                pixels = img.size[0] * img.size[1]
+                if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                    log.warning(
+                        "image %s is %dx%d (%d pixels, more than Pillow's limit of %d): reading "
+                        "it takes much memory; downscale it",
+                        path, *img.size, pixels, Image.MAX_IMAGE_PIXELS,
+                    )  # fmt: skip
+                return pil_to_array(img, image_size, in_channels)
+    except Image.DecompressionBombError as err:
+        raise ValueError(
+            f"cannot read image {path}: {err} Downscale it (tunelab resizes every image to "
+            "data.image_size anyway) or remove it."
+        ) from None
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}. Remove or replace the file.") from err
 
@@ -112,7 +134,10 @@ def read_image_folder(
 def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read ``x_train``/``y_train`` (and ``x_test``/``y_test``), or ``x``/``y``, from an ``.npz``.
 
-    Images are (N, H, W) or (N, H, W, C) or (N, C, H, W) uint8.
+    Images are (N, H, W) or (N, H, W, C) or (N, C, H, W), as :func:`to_nchw` takes them. Labels
+    are class indices, one per image: shape (N,) (or (N, 1)), integers, or floats that are whole
+    numbers. Fractional labels are refused (as the CSV reader refuses float labels), and so are
+    2-D labels (one-hot rows: ``y.argmax(1)``) and object arrays (which would need unpickling).
     """
     path = Path(path)
     if not path.is_file():
@@ -125,7 +150,8 @@ def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         out = {}
         for split, (xk, yk) in pairs.items():
             if xk in keys and yk in keys:
-                out[split] = (to_nchw(z[xk], path), z[yk].astype(np.int64))
+                x = to_nchw(_array(z, xk, path), f"{path} ({xk!r})")
+                out[split] = (x, _labels(_array(z, yk, path), f"{path} ({yk!r})"))
     if "train" not in out:
         raise ValueError(
             f"{path}: expected arrays 'x_train' and 'y_train' (optionally 'x_test', 'y_test') "
@@ -148,17 +174,100 @@ def _open_npz(path: Path) -> Any:
     return z
 
 
+def _array(z: Any, key: str, path: Path) -> np.ndarray:
+    """One array of an open ``.npz``; an object array or a damaged member names the key."""
+    try:
+        return z[key]
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise ValueError(f"{path}: array {key!r} cannot be read ({err})") from None
+        raise ValueError(
+            f"{path}: array {key!r} is an object array (dtype=object), which tunelab does not "
+            "load (unpickling can run code); save numeric arrays of one shape, e.g. "
+            f"numpy.savez(path, {key}=numpy.stack(items))"
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path}: array {key!r} is damaged ({type(err).__name__}: {err}); write the file again"
+        ) from None
+
+
+def _first(bad: np.ndarray) -> int:
+    """The index of the first image (or label) flagged in ``bad`` (one row per item)."""
+    return int(np.flatnonzero(bad.reshape(len(bad), -1).any(1))[0])
+
+
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Class indices (int64, shape (N,)) from an ``.npz`` label array, or a ``ValueError``."""
+    if y.ndim == 2 and y.shape[1] == 1:  # (N, 1), as Keras' CIFAR-10 has them
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(
+            f"{where}: labels have shape {y.shape}; they must be one class index per image, "
+            "shape (N,) (for one-hot rows save y.argmax(1))"
+        )
+    if y.dtype.kind in "iub":
+        return y.astype(np.int64)
+    if y.dtype.kind != "f":
+        raise ValueError(
+            f"{where}: labels have dtype {y.dtype}; they must be integer class indices"
+        )
+    finite = np.isfinite(y)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"{where}: label {i} is {y[i].item()}; labels must be integer class indices"
+        )
+    whole = y == np.round(y)
+    if not whole.all():
+        i = int(np.flatnonzero(~whole)[0])
+        raise ValueError(
+            f"{where}: label {i} is {y[i].item()!r}, not a whole number; labels must be integer class "
+            f"indices ({int((~whole).sum())} of {len(y)} are fractional). Fix the labels; "
+            "tunelab does not round them"
+        )
+    return y.astype(np.int64)
+
+
 def to_nchw(x: np.ndarray, where: object) -> np.ndarray:
-    """Bring an image batch to (N, C, H, W) uint8."""
+    """Bring an image batch to (N, C, H, W) uint8.
+
+    Integer images must lie in [0, 255]. Float images in [0, 1] are scaled by 255, those in
+    [0, 255] taken as they are; NaN or infinite pixels, and negative values (images that are
+    normalized already), are refused with the index of the first such image.
+    """
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     if x.ndim != 4:
         raise ValueError(f"{where}: images must be (N, H, W[, C]), got shape {x.shape}")
-    if x.dtype != np.uint8:
-        x = np.clip(x * 255.0 if x.max() <= 1.0 else x, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(x)
+    if x.dtype.kind not in "uifb":
+        raise ValueError(
+            f"{where}: images have dtype {x.dtype}; they must be numbers (uint8 0..255, or "
+            "floats in [0, 1])"
+        )
+    if x.dtype == np.uint8 or not x.size:
+        return np.ascontiguousarray(x)
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x)
+        if not finite.all():
+            i = _first(~finite)
+            raise ValueError(
+                f"{where}: image {i} has {int((~finite[i]).sum())} NaN or infinite pixel(s) "
+                f"({int((~finite).reshape(len(x), -1).any(1).sum())} image(s) in all); fix or "
+                "drop those images"
+            )
+    low, high = x.min(), x.max()
+    if low < 0 or high > 255:
+        i = _first((x < 0) | (x > 255))
+        raise ValueError(
+            f"{where}: pixel values span [{low}, {high}] (first outside [0, 255]: image {i}); "
+            "give uint8 images in 0..255 or float images in [0, 1], not normalized ones"
+        )
+    if x.dtype.kind == "f" and high <= 1.0:
+        x = x * 255.0
+    return np.ascontiguousarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
 
 
 def read_hub_images(
@@ -196,6 +305,8 @@ def read_predict_inputs(
     """Images to classify: one image file, a folder of them (sorted), or an ``.npz``.
 
     Returns a name per image (its path, or ``file.npz[i]``) and the (N, C, H, W) uint8 array.
+    Image files are resized to ``image_size``; the images of an ``.npz`` must have the model's
+    shape, ``(in_channels, image_size, image_size)``.
     """
     path = Path(path)
     if not path.exists():
@@ -207,7 +318,14 @@ def read_predict_inputs(
                 raise ValueError(
                     f"{path}: expected an array 'x', 'x_test' or 'images'; found {z.files}"
                 )
-            x = to_nchw(z[key], path)
+            x = to_nchw(_array(z, key, path), f"{path} ({key!r})")
+        expected = (in_channels, image_size, image_size)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"{path} ({key!r}): images are {tuple(x.shape[1:])} (C, H, W) but the "
+                f"checkpoint's model takes {expected}; resize them to {image_size}x{image_size} "
+                f"with {in_channels} channel(s) (or pass image files, which are resized)"
+            )
         return [f"{path}[{i}]" for i in range(len(x))], x
     files = (
         sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

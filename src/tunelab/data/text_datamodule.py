@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("embedded", "aclimdb", "files", "hub")
 ALL = "all"  # data.test_size=all: the whole data is the test split (evaluating a new file)
+# Texts are cut to max_length * CHARS_PER_TOKEN characters before tokenizing: the tokens kept
+# are the same (a word piece is rarely more than a few characters), and a single 50 MB line no
+# longer costs minutes and gigabytes to tokenize only to be truncated.
+CHARS_PER_TOKEN = 32
 
 # The keys each source reads beyond the common ones, and the data config that sets it up: a key
 # the chosen source does not read is an error, not a silent no-op (data.path=reviews.csv with
@@ -75,7 +79,8 @@ class TextDataModule(L.LightningDataModule):
         num_classes: number of classes; None: as many as the data has.
         label_names: class names, index = label id; None: from the data (sorted string labels,
             a hub ``ClassLabel``), or the ids as text for integer labels.
-        max_length: longest sequence in tokens; longer texts are truncated.
+        max_length: longest sequence in tokens; longer texts are truncated (and cut to
+            ``max_length * 32`` characters before tokenizing, which costs no tokens).
         val_size: fraction (or count) held out for validation when the source has no validation
             split; of the whole data when the test split is carved out too (80/10/10 by default).
         test_size: fraction (or count) held out for testing when the source has no test split;
@@ -202,8 +207,9 @@ class TextDataModule(L.LightningDataModule):
 
     def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenize raw texts into one padded batch, as training batches are (for predict)."""
+        cap = self.max_length * CHARS_PER_TOKEN
         enc = self.tokenizer(
-            list(texts),
+            [t[:cap] for t in texts],
             truncation=True,
             max_length=self.max_length,
             padding=True,
@@ -394,10 +400,14 @@ class TextDataModule(L.LightningDataModule):
         cache = self.cache_dir / "tokenized" / f"{key}.arrow"
         cache.parent.mkdir(parents=True, exist_ok=True)
         self.cache_hits[name] = cache.is_file()
+        cap = max_length * CHARS_PER_TOKEN
 
         def encode(batch: dict[str, list]) -> dict[str, Any]:
             enc = tok(
-                batch["text"], truncation=True, max_length=max_length, return_token_type_ids=False
+                [t[:cap] for t in batch["text"]],
+                truncation=True,
+                max_length=max_length,
+                return_token_type_ids=False,
             )
             return {
                 "input_ids": enc["input_ids"],
@@ -405,18 +415,32 @@ class TextDataModule(L.LightningDataModule):
                 "length": [len(ids) for ids in enc["input_ids"]],
             }
 
-        out = ds.map(
-            encode,
+        options: dict[str, Any] = dict(
             batched=True,
             batch_size=1000,
             remove_columns=[c for c in ds.column_names if c != "label"],
             cache_file_name=str(cache),
-            load_from_cache_file=True,
             # The key already covers tokenizer, max length and data: spares `datasets` hashing
             # the function and the tokenizer it closes over (~0.3 s a split).
             new_fingerprint=key,
             desc=f"tokenizing {name}",
         )
+        try:
+            out = ds.map(encode, load_from_cache_file=True, **options)
+            if self.cache_hits[name] and len(out) != len(ds):
+                raise ValueError(f"{len(out)} rows for {len(ds)} texts")
+        except (pa.ArrowException, OSError, ValueError) as err:
+            if not self.cache_hits[name]:
+                raise
+            # A damaged cache file (a killed run, a full disk, a copy cut short): tokenize again.
+            log.warning(
+                "the tokenization cache %s of the %s split is unreadable (%s: %s); tokenizing "
+                "again",
+                cache, name, type(err).__name__, str(err).splitlines()[0] if str(err) else "",
+            )  # fmt: skip
+            cache.unlink(missing_ok=True)
+            self.cache_hits[name] = False
+            out = ds.map(encode, load_from_cache_file=False, **options)
         return out.rename_column("label", "labels")
 
     def setup(self, stage: str | None = None) -> None:

@@ -8,6 +8,7 @@ IMDB distribution (``aclImdb/``); CSV, JSON Lines and Parquet files; the Hugging
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -383,11 +384,30 @@ def read_table_files(
                 builder, data_files=str(readable), split="train", cache_dir=cache_dir
             )
         except Exception as err:  # datasets wraps pandas / pyarrow errors of many types
+            _raise_if_cache_unwritable(err, cache_dir)
             raise ValueError(_unreadable(file, readable, builder, err)) from err
         if len(ds) == 0:
             raise ValueError(f"{file} has no rows (a header only?); add data or remove it.")
         raw[split] = (str(file), ds)
     return _standardize(raw, text_column, label_column, label_names, num_classes)
+
+
+def _raise_if_cache_unwritable(err: BaseException, cache_dir: str | None) -> None:
+    """The `datasets` cache could not be written (read-only, no permission, disk full): say so,
+    rather than blame the file's format."""
+    inner: BaseException | None = err
+    for _ in range(20):
+        if inner is None:
+            return
+        if isinstance(inner, OSError) and inner.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise inner  # a fault of the machine: tunelab.cli names it (exit 1)
+        if isinstance(inner, OSError) and inner.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            where = cache_dir or "the datasets cache (HF_DATASETS_CACHE)"
+            raise ValueError(
+                f"cannot write the data cache {where}: {inner.strerror} ({inner.filename}); set "
+                "data.cache_dir to a folder tunelab can write"
+            ) from None
+        inner = inner.__cause__ or inner.__context__
 
 
 def _unreadable(file: Path, readable: Path, builder: str, err: BaseException) -> str:
@@ -408,13 +428,39 @@ def _unreadable(file: Path, readable: Path, builder: str, err: BaseException) ->
                 if not line.strip():
                     continue
                 try:
-                    json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as bad:
                     return (
                         f"{file}, line {number}: not valid JSON ({bad.msg}, column {bad.colno}); "
                         "a JSON Lines file holds one JSON object per line. Fix the line."
                     )
+                if not isinstance(record, dict):
+                    return (
+                        f"{file}, line {number}: a JSON {_json_kind(record)}, not an object; a "
+                        "JSON Lines file holds one JSON object per line. Fix the line."
+                    )
     return f"{file} cannot be read as {kind} ({reason}); check the file's format."
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _mixed_labels(source: str, label_column: str, values: list) -> str | None:
+    """A message naming the first row whose label is of another kind than the first label's
+    (JSON Lines with ``"label": 1`` on one line and ``"label": "positive"`` on another)."""
+    first = next(((row, v) for row, v in enumerate(values, 1) if v is not None), None)
+    if first is None:
+        return None
+    for row, value in enumerate(values, start=1):
+        if value is not None and _json_kind(value) != _json_kind(first[1]):
+            return (
+                f"{source}, row {row}: label {value!r} is a {_json_kind(value)}, but row "
+                f"{first[0]}'s is a {_json_kind(first[1])} ({first[1]!r}); give every "
+                f"{label_column!r} label the same kind (all names, or all class indices)."
+            )
+    return None
 
 
 def load_hub_text(
@@ -485,6 +531,9 @@ def _standardize(
         if not isinstance(feature, ClassLabel) and not dtype.startswith(
             ("int", "uint", "string", "large_string")
         ):
+            mixed = _mixed_labels(source, label_column, ds[label_column])
+            if mixed:
+                raise ValueError(mixed)
             raise ValueError(
                 f"{source}: label column {label_column!r} has type {dtype or feature}; labels must "
                 f"be integers or strings (float labels often mean empty cells)."

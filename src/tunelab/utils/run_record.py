@@ -171,8 +171,9 @@ def run_recorded(
     from tunelab.slurm import requeued_checkpoint
 
     continuing = bool(cfg.get("resume")) or requeued_checkpoint(run_dir) is not None
+    seed = cfg.get("seed")  # as given: a bad one (seed=abc) is refused by the config check
     record = RunRecord(
-        run_dir, OmegaConf.to_container(cfg, resolve=True), overrides, int(cfg.seed), continuing
+        run_dir, OmegaConf.to_container(cfg, resolve=True), overrides, seed, continuing
     )
     from tunelab.interrupt import as_interruption, resume_hint, signal_name, sigterm_raises
 

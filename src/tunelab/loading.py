@@ -9,6 +9,7 @@ both model families is this function too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,13 +17,22 @@ if TYPE_CHECKING:
     from tunelab.models.classifier import ClassifierModule
 
 
-def load_model(path: str | Path, device: Any = "cpu", **model_overrides: Any) -> ClassifierModule:
+def load_model(
+    path: str | Path,
+    device: Any = "cpu",
+    trust_checkpoint: bool = False,
+    allowed_targets: Sequence[str] = (),
+    **model_overrides: Any,
+) -> ClassifierModule:
     """Rebuild the model a ``tunelab-train`` checkpoint holds, weights loaded, in eval mode.
 
     Args:
         path: a checkpoint of a tunelab run, e.g. ``outputs/<experiment>/<run>/checkpoints/
             best.ckpt``.
         device: where to put the model (``"cpu"``, ``"cuda"``, a ``torch.device``).
+        trust_checkpoint: load a checkpoint that needs more than weights and plain types, and
+            build whatever its stored config names (only for checkpoints you trust).
+        allowed_targets: more ``_target_`` prefixes its stored config may build.
         **model_overrides: model config values to change, e.g. ``compile=False``.
 
     Returns:
@@ -32,9 +42,10 @@ def load_model(path: str | Path, device: Any = "cpu", **model_overrides: Any) ->
     """
     from tunelab.checkpoint import load_checkpoint, model_from_checkpoint, stored_configs
 
-    ckpt = load_checkpoint(path)
+    trust = {"trust_checkpoint": trust_checkpoint, "allowed_targets": list(allowed_targets)}
+    ckpt = load_checkpoint(path, **trust)
     model_overrides.setdefault("compile", False)
-    model = model_from_checkpoint(ckpt, path, **model_overrides)
+    model = model_from_checkpoint(ckpt, path, **trust, **model_overrides)
     _, data_cfg = stored_configs(ckpt)
     names = data_cfg.get("label_names")
     if names and len(names) == model.num_classes and "label_names" not in ckpt["tunelab"]["model"]:

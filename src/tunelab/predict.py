@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import sys
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -465,6 +466,17 @@ def _main() -> None:
 def main() -> None:
     run_cli(_main)
 
+
+class _CallableModule(types.ModuleType):
+    """``tunelab.predict`` is both this module and the function users call: importing the
+    module rebinds the package's attribute to it, so the module forwards calls to
+    :func:`predict` and ``tunelab.predict(ckpt, texts=[...])`` keeps working."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return predict(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     main()

@@ -87,7 +87,7 @@ def _merged(run: Path, value: str, overrides: list[str]) -> DictConfig:
     """The run's recorded config with the ``key=value`` ``overrides``, ``resume`` and
     ``ckpt_path`` set; a config group override is refused."""
     extra = [o for o in overrides if not o.startswith(("resume=", "hydra.", "+hydra.", "++hydra."))]
-    groups = [o for o in extra if "=" in o and "." not in o.split("=", 1)[0].lstrip("+~")]
+    groups = [o for o in extra if "=" in o and _is_group(o.split("=", 1)[0].lstrip("+~"))]
     if groups:
         raise ValueError(
             f"resume={value} keeps the run's config groups; {groups} would change them. "
@@ -145,3 +145,13 @@ def check_same_data(cfg: DictConfig, run: Path, value: str) -> None:
             f"(fingerprint {recorded}, now {now}); restore it, start a new run with "
             "ckpt_path=.../last.ckpt, or continue anyway with resume_allow_data_change=true"
         )
+
+
+def _is_group(key: str) -> bool:
+    """Whether ``key`` names a config group (``model``, ``hparams_search``; a folder of
+    ``conf/``), not a top-level value such as ``seed`` or ``resume_allow_data_change``."""
+    from tunelab.config import config_dir
+
+    if "/" in key:  # hydra/launcher=...
+        return True
+    return "." not in key and (config_dir() / key).is_dir()

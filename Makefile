@@ -34,10 +34,12 @@ train:  ## the default experiment: the CNN on Fashion-MNIST (about 3 min on 2 CP
 train-text:  ## the default text experiment: MiniLM on the embedded movie reviews
 	$(BIN)/tunelab-train experiment=bert_embedded
 
-test:  ## the test suite: CPU, offline (gpu tests skip without a GPU; slurm tests start a local cluster as root)
+# `make test` is the CI gate: every behaviour has a test there. A test is marked `slow` (a minute
+# or more) only where what it checks is also checked by a test that `make test` runs.
+test:  ## the CI gate: every test not marked slow (CPU, offline; gpu tests skip without a GPU; slurm tests start a local cluster as root)
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow:  ## slower end-to-end tests
+test-slow:  ## the tests marked slow (a minute or more each; what they check, the CI gate checks too)
 	$(PY) -m pytest -q -m "slow and not gpu"
 
 test-slurm:  ## tests on a real local SLURM cluster (starts it as root)

@@ -55,6 +55,10 @@ def _job_dirs(root: Path) -> list[Path]:
     return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+# 50-90 s. What it checks stays in `make test`: test_preempted_job_requeues_and_resumes_exactly
+# launches a 2-job array through the same launcher (both jobs complete with their metrics), and
+# the sweeper's tests check that each job gets its own overrides.
+@pytest.mark.slow
 def test_two_job_multirun_through_slurm(slurm_cluster, tmp_path):
     _finish(_multirun(slurm_cluster, tmp_path, [*TINY, "seed=1,2"]))
     jobs = _job_dirs(tmp_path)

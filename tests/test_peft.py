@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from tests.helpers import NEG, POS, compose_cfg, tiny_text_overrides
 from tunelab.checkpoint import load_checkpoint, model_from_checkpoint
 from tunelab.predict import predict
-from tunelab.train import train
+from tunelab.train import prepare_data, train
 from tunelab.validation import ConfigError, validate_config
 
 TEXTS = ["a superb film", "a tedious movie cast", "the ending was awful", "charming story"]
@@ -71,13 +71,12 @@ def test_lora_trains_only_adapters_and_head(head, tiny_bert_dir, sentiment_csv, 
     )
     L.seed_everything(cfg.seed)
     dm = instantiate(cfg.data, _convert_="partial")
+    prepare_data(dm, cfg)  # as train does: the classes read from the data size the model
     model = instantiate(cfg.model, _convert_="partial")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(_trained(n) for n in trainable), sorted(trainable)
     assert any(f".{HEAD_NAME[head]}.modules_to_save." in n for n in trainable)
     assert any("lora_A" in n for n in trainable) and any("lora_B" in n for n in trainable)
-    dm.prepare_data()
-    dm.setup("fit")
     batches = list(dm.train_dataloader())  # the training data, in the order of epoch 0
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
     before_loss = _mean_loss(model, batches)
@@ -297,7 +296,7 @@ def test_eval_and_predict_on_lora_checkpoint(lora_run, tmp_path):
     rows = predict(best, texts=TEXTS)
     probs = _peft_logits(out).softmax(-1)
     for row, p in zip(rows, probs, strict=True):
-        assert row["probabilities"]["positive"] == pytest.approx(float(p[1]), abs=1e-5)
+        assert row["probabilities"][POS] == pytest.approx(float(p[1]), abs=1e-5)
 
 
 def test_new_run_starts_from_lora_checkpoint(lora_run, tiny_bert_dir, sentiment_csv, tmp_path):

@@ -78,9 +78,18 @@ def _needs(argv: list[str]) -> str | None:
             return "needs a CUDA GPU"
     if HUB.search(line) and os.environ.get("HF_HUB_OFFLINE", "1") != "0":
         return "needs the Hugging Face hub (offline here)"
-    if "hydra/launcher=slurm" in line and shutil.which("sbatch") is None:
-        return "needs a SLURM cluster (tests/slurm runs the launcher on a local one)"
+    if "hydra/launcher=slurm" in line and not _slurm_up():
+        return "needs a running SLURM cluster (tests/slurm starts a local one for the launcher)"
     return None
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -163,7 +172,7 @@ def _with_limits(argv: list[str], cwd: Path) -> list[str]:
         extra = [*LIMITS, f"paths.root_dir={cwd}"]
         if not any(a.startswith("trainer.max_epochs=") for a in args):
             extra.append("++trainer.max_epochs=1")
-        if "-m" in args:  # two trials of a sweep
+        if any(a.startswith("hparams_search=") for a in args):  # two trials of a sweep
             args = [a for a in args if not a.startswith("hydra.sweeper.n_trials=")]
             extra.append("hydra.sweeper.n_trials=2")
         return [tool, *args, *extra]

@@ -163,7 +163,11 @@ def _train(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float
         val = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics = final_metrics(val + test)
-        metrics_ckpt = {"best_ckpt": str(Path(best).relative_to(out_dir))} if best else {}
+        # A run started from another run's checkpoint (ckpt_path=) that has not improved on it
+        # yet keeps that run's best, outside this run's directory.
+        inside = best and Path(best).resolve().is_relative_to(Path(out_dir).resolve())
+        where = str(Path(best).resolve().relative_to(Path(out_dir).resolve())) if inside else best
+        metrics_ckpt = {"best_ckpt": where} if best else {}
         metrics_ckpt.update(extra)
         if limited := limited_evaluation(model, datamodule):
             metrics_ckpt["limited_evaluation"] = limited  # the metrics and reports cover these

@@ -10,8 +10,9 @@ import lightning as L
 import pytest
 from hydra.utils import instantiate
 
+from tests.helpers import sentiment_rows
 from tunelab.config import config_dir
-from tunelab.train import instantiate_dict
+from tunelab.train import instantiate_dict, prepare_data
 
 CONF = config_dir()
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
@@ -29,8 +30,10 @@ def _fill_required(group: str, option: str, tmp_path: Path, tiny_bert_dir: Path)
     extra = []
     if (group, option) == ("data", "image_folder"):
         extra = [f"data.path={tmp_path}", "data.num_classes=3"]
-    if (group, option) == ("data", "text_files"):
-        extra = [f"data.path={tmp_path}"]
+    if (group, option) == ("data", "text_files"):  # the classes come from this file's labels
+        path = tmp_path / "reviews.csv"
+        path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in sentiment_rows(40)))
+        extra = [f"data.path={path}"]
     if (group, option) == ("experiment", "bert_imdb"):
         extra = [f"model.net.pretrained={tiny_bert_dir}"]
     return extra
@@ -86,7 +89,11 @@ def test_config_composes_and_instantiates(group, option, compose_train, tmp_path
     if group == "encoder":
         overrides.insert(0, "experiment=bert_embedded")
     cfg = compose_train(*overrides)
-    assert isinstance(instantiate(cfg.data, _convert_="partial"), L.LightningDataModule)
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    assert isinstance(datamodule, L.LightningDataModule)
+    if cfg.data.get("num_classes", 0) is None:  # the classes come from the data, as in train
+        prepare_data(datamodule, cfg)
+        assert cfg.data.num_classes >= 2 and len(cfg.data.label_names) == cfg.data.num_classes
     assert isinstance(instantiate(cfg.model, _convert_="partial"), L.LightningModule)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))

@@ -12,7 +12,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.helpers import compose_cfg, sentiment_rows, shared_data_dir, tiny_text_overrides
+from tests.helpers import (
+    NEG,
+    POS,
+    compose_cfg,
+    sentiment_rows,
+    shared_data_dir,
+    tiny_text_overrides,
+)
 from tunelab.data.text_sources import VADER_DIRNAME, VADER_DOMAINS, ensure_vader_corpus
 from tunelab.evaluate import evaluate
 from tunelab.train import train
@@ -90,7 +97,7 @@ def other_domain(tmp_path_factory) -> Path:
         for text, label in sentiment_rows(n, seed):
             text = text.replace("film", "blender").replace("movie", "charger")
             if rng.random() < 0.25:
-                label = "negative" if label == "positive" else "positive"
+                label = NEG if label == POS else POS
             rows.append((text, label))
         with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)

@@ -21,14 +21,22 @@ def _stand_ins(name: str, tmp_path, tiny_bert_dir, sentiment_csv) -> list[str]:
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
         np.savez(tmp_path / "cifar.npz", x_train=x, y_train=rng.integers(0, 10, 64))
-        return ["data.source=npz", f"data.path={tmp_path / 'cifar.npz'}", "data.val_size=16"]
+        return [
+            "data.source=npz",
+            "data.hub_name=null",
+            f"data.path={tmp_path / 'cifar.npz'}",
+            "data.val_size=16",
+        ]
     if name.startswith("bert"):
         return [
             f"model.net.pretrained={tiny_bert_dir}",
             "data.source=files",
+            "data.hub_name=null",
             f"data.path={sentiment_csv}",
             "data.text_column=review",
             "data.label_column=sentiment",
+            "data.label_names=null",  # the fixture's own names, read from it
+            "data.num_classes=null",
             "data.max_length=128",  # the tiny BERT has 128 positions (bert_imdb asks for 512)
         ]
     return []

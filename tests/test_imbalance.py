@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import POS, compose_cfg, tiny_text_overrides
+from tests.helpers import NEG, POS, compose_cfg, tiny_text_overrides
 from tunelab.checkpoint import load_checkpoint, store_decision_threshold
 from tunelab.data.image_datamodule import ImageDataModule
 from tunelab.data.resumable import ResumableDataLoader
@@ -279,15 +279,15 @@ def test_metrics_json_has_per_class_and_ranking_metrics(auto_run):
     for stage in ("val", "test"):
         for name in ("acc", "f1", "precision", "recall", "f1_macro", "pr_auc", "roc_auc"):
             assert f"{stage}/{name}" in saved, name
-        for c in (0, 1):
+        for c in (NEG, POS):  # per-class metrics are named by the data's classes
             for name in ("precision", "recall", "f1"):
                 assert 0 <= saved[f"{stage}/{name}_{c}"] <= 1
         assert saved[f"{stage}/f1_macro"] == pytest.approx(
-            (saved[f"{stage}/f1_0"] + saved[f"{stage}/f1_1"]) / 2, abs=1e-6
+            (saved[f"{stage}/f1_{NEG}"] + saved[f"{stage}/f1_{POS}"]) / 2, abs=1e-6
         )
         # the binary metrics and the per-class ones use the same (chosen) threshold
-        assert saved[f"{stage}/f1"] == pytest.approx(saved[f"{stage}/f1_1"], abs=1e-6)
-        assert saved[f"{stage}/recall"] == pytest.approx(saved[f"{stage}/recall_1"], abs=1e-6)
+        assert saved[f"{stage}/f1"] == pytest.approx(saved[f"{stage}/f1_{POS}"], abs=1e-6)
+        assert saved[f"{stage}/recall"] == pytest.approx(saved[f"{stage}/recall_{POS}"], abs=1e-6)
     assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
 
 

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from tests.helpers import compose_cfg, tiny_text_overrides
+from tunelab.train import prepare_data
 
 # Dropout off: two runs that should compute the same thing then do, to float rounding.
 NO_DROPOUT = [
@@ -32,6 +33,7 @@ def _build(tiny_bert_dir, sentiment_csv, tmp_path, head="bert_hf", overrides=())
     )
     L.seed_everything(cfg.seed)
     dm = instantiate(cfg.data, _convert_="partial")
+    prepare_data(dm, cfg)  # the fixture's classes size the model, as in train
     model = instantiate(cfg.model, _convert_="partial")
     return cfg, dm, model
 

@@ -49,11 +49,6 @@ def settle_labels(
             f"{num_classes}; set data.num_classes={len(names)}, or data.num_classes=null to "
             "take it from the data"
         )
-    if num_classes < 2:
-        raise ValueError(
-            f"{where}: the data has {num_classes} class {names}: a classifier needs at least "
-            "two; check the data and data.label_column"
-        )
     return [str(n) for n in names], num_classes
 
 

@@ -173,7 +173,12 @@ def run_recorded(
     continuing = bool(cfg.get("resume")) or requeued_checkpoint(run_dir) is not None
     seed = cfg.get("seed")  # as given: a bad one (seed=abc) is refused by the config check
     record = RunRecord(
-        run_dir, OmegaConf.to_container(cfg, resolve=True), overrides, seed, continuing
+        # throw_on_missing: a ??? value left unset is a config error before anything is recorded
+        run_dir,
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True),
+        overrides,
+        seed,
+        continuing,
     )
     from tunelab.interrupt import as_interruption, resume_hint, signal_name, sigterm_raises
 

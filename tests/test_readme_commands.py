@@ -172,6 +172,8 @@ def _with_limits(argv: list[str], cwd: Path) -> list[str]:
         extra = [*LIMITS, f"paths.root_dir={cwd}"]
         if not any(a.startswith("trainer.max_epochs=") for a in args):
             extra.append("++trainer.max_epochs=1")
+        if "hydra/launcher=slurm" in args:  # jobs sized to the local test cluster's one node
+            extra += ["hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10"]
         if any(a.startswith("hparams_search=") for a in args):  # two trials of a sweep
             args = [a for a in args if not a.startswith("hydra.sweeper.n_trials=")]
             extra.append("hydra.sweeper.n_trials=2")

@@ -30,8 +30,9 @@ from PIL import Image
 from tests.helpers import REPO, needs_fashion_mnist, sentiment_rows, shared_data_dir
 
 BIN = Path(sys.executable).parent
+# Added to the environment of each command when it runs (a cluster started by tests/slurm
+# exports its SLURM_CONF after this module is imported).
 ENV = {
-    **os.environ,
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -94,7 +95,8 @@ def _slurm_up() -> bool:
 
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     argv = [str(BIN / argv[0]), *argv[1:]]
-    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=ENV, timeout=900)
+    env = {**os.environ, **ENV}
+    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
 
 
 def _train(cwd: Path, *overrides: str) -> Path:

@@ -59,16 +59,17 @@ def check_resume(run: Path, value: str, overrides: list[str]) -> None:
     with open_dict(merged):
         merged.paths.output_dir = str(run)  # Hydra's runtime dir, which is not set up yet
     validate_config(merged)
-    check_same_data(merged, run, value)
     info = run / "run_info.json"
+    record: dict = {}
     if info.is_file():
         try:
-            json.loads(info.read_text())
+            record = json.loads(info.read_text())
         except (ValueError, UnicodeDecodeError) as err:
             raise ValueError(
                 f"resume={value}: {info} is not valid JSON ({err}); the run record is damaged. "
                 "Start a new run with ckpt_path=" + str(run / "checkpoints" / "last.ckpt")
             ) from None
+    check_same_data(merged, record, value)
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -122,15 +123,11 @@ def _merged(run: Path, value: str, overrides: list[str]) -> DictConfig:
     return merged
 
 
-def check_same_data(cfg: DictConfig, run: Path, value: str) -> None:
+def check_same_data(cfg: DictConfig, record: dict, value: str) -> None:
     """Refuse the resume when the data now differs from the data the run was trained on (the
-    fingerprint its ``run_info.json`` holds), unless ``resume_allow_data_change=true``; the run
-    then records both fingerprints (``resume_data_change``)."""
-    try:
-        info = json.loads((run / "run_info.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # no record to compare with (a damaged one is refused below)
-    recorded = (info.get("data") or {}).get("fingerprint") or info.get("data_fingerprint")
+    fingerprint its ``run_info.json`` ``record`` holds), unless ``resume_allow_data_change=true``;
+    the run then records both fingerprints (``resume_data_change``)."""
+    recorded = (record.get("data") or {}).get("fingerprint") or record.get("data_fingerprint")
     if not recorded or cfg.get("resume_allow_data_change"):
         return
     from hydra.utils import instantiate
